@@ -1,0 +1,3 @@
+from peftsearch.cli import main
+
+raise SystemExit(main())

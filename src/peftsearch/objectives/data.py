@@ -1,0 +1,220 @@
+"""Data for trials: load, clean, split (fixed-seed, stratified, recorded), subsample, tokenize.
+
+Loading goes through ``datasets`` (packaged csv/json/parquet builders work offline; a hub name
+works online). Cleaning runs in pandas. Splits use ``Dataset.train_test_split`` with
+``stratify_by_column``. Every split row keeps ``row``, its position in the cleaned table, so the
+split can be written down (``splits.json``) and checked later: the search never sees test rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+
+from peftsearch.errors import SpaceError
+from peftsearch.spaces import DataSpec, Space, render
+
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_COMPRESSION = (".bz2", ".gz", ".xz", ".zst", ".zip")
+SPLITS = ("train", "validation", "test")
+
+
+def file_format(path: str) -> str | None:
+    """The ``datasets`` builder for a local file, from its suffix (compression suffix ignored)."""
+    p = Path(path)
+    suffixes = [s for s in p.suffixes if s not in _COMPRESSION]
+    return _FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+@dataclass
+class Splits:
+    """Cleaned splits (pandas, columns: the text columns, ``label`` as class id, ``row``)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    trial_train: pd.DataFrame  # the subsample each trial trains on (data.train_size)
+    trial_eval: pd.DataFrame  # the subsample each trial is scored on (data.eval_size)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+            "trial_train": len(self.trial_train),
+            "trial_eval": len(self.trial_eval),
+        }
+
+
+def _load_raw(spec: DataSpec, file: str) -> dict[str, pd.DataFrame]:
+    """Each split the source gives, as a DataFrame."""
+
+    def builder(path: str, key: str) -> tuple[str, dict[str, Any]]:
+        fmt = file_format(path)
+        if fmt is None:
+            raise SpaceError(file, key, "unknown file type; use .csv, .tsv, .jsonl, .json or .parquet", path)
+        kwargs: dict[str, Any] = {"delimiter": "\t"} if ".tsv" in Path(path).suffixes else {}
+        return fmt, kwargs
+
+    try:
+        if spec.files is not None:
+            fmt, kwargs = builder(spec.files.train, "data.files.train")
+            given = {k: getattr(spec.files, k) for k in SPLITS if getattr(spec.files, k)}
+            dd = datasets.load_dataset(fmt, data_files=given, **kwargs)
+        elif Path(str(spec.path)).exists():
+            fmt, kwargs = builder(str(spec.path), "data.path")
+            dd = datasets.load_dataset(fmt, data_files={"train": str(spec.path)}, **kwargs)
+        else:  # a hub dataset
+            dd = datasets.load_dataset(str(spec.path), spec.subset)
+    except SpaceError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs the reason
+        key = "data.files" if spec.files is not None else "data.path"
+        raise SpaceError(file, key, f"cannot load data: {type(exc).__name__}: {exc}") from None
+    return {name: dd[name].to_pandas() for name in dd if name in SPLITS}
+
+
+def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFrame:
+    missing = [c for c in [*spec.text_columns, spec.label_column] if c not in df.columns]
+    if missing:
+        key = "data.label_column" if missing[0] == spec.label_column else "data.text_columns"
+        raise SpaceError(
+            file, key, f"column {missing[0]!r} is not in the {split} data (columns: "
+            + ", ".join(map(str, df.columns)) + ")"
+        )
+    df = df[[*spec.text_columns, spec.label_column]].dropna(subset=spec.text_columns)
+    raw = df[spec.label_column]
+    if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_integer_dtype(raw):
+        ids = raw.astype("int64").where(raw.astype("int64").between(0, len(spec.labels) - 1))
+    else:
+        ids = raw.astype(str).map({name: i for i, name in enumerate(spec.labels)})
+    unlisted = ids.isna()
+    if unlisted.any():
+        if not spec.drop_unlisted_labels:
+            values = sorted(map(str, raw[unlisted].unique()))[:5]
+            raise SpaceError(
+                file, "data.labels",
+                f"{int(unlisted.sum())} {split} rows have labels not among the declared labels "
+                f"{spec.labels}: {', '.join(values)}; list them or set drop_unlisted_labels: true",
+            )
+        df, ids = df[~unlisted], ids[~unlisted]
+    df = df.drop(columns=[spec.label_column]).assign(label=ids.astype("int64"))
+    if spec.drop_duplicates:
+        df = df.drop_duplicates(subset=spec.text_columns, keep="first")
+    if df.empty:
+        raise SpaceError(file, "data", f"the {split} split is empty after filtering")
+    return df.reset_index(drop=True).assign(row=lambda d: range(len(d)))
+
+
+def _stratified(df: pd.DataFrame, size: float | int, seed: int, names: list[str]
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``df`` into (rest, part of ``size``) with class proportions kept."""
+    ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+    ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    parts = ds.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
+    return parts["train"].to_pandas(), parts["test"].to_pandas()
+
+
+def _sha256(path: str) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_splits(space: Space) -> Splits:
+    """Load, clean and split the data of ``space``; raise SpaceError on bad data."""
+    spec, file = space.data, str(space.file)
+    raw = _load_raw(spec, file)
+    if "train" not in raw:
+        raise SpaceError(file, "data", f"the data has no train split (splits: {', '.join(raw)})")
+    clean = {name: _clean(df, spec, file, name) for name, df in raw.items()}
+    seed, names = spec.split.seed, list(spec.labels)
+    made: list[str] = []
+    train = clean["train"]
+    try:
+        if "test" not in clean:
+            train, clean["test"] = _stratified(train, spec.split.test, seed, names)
+            made.append("test")
+        if "validation" not in clean:
+            frac = spec.split.validation / (1 - spec.split.test) if made else spec.split.validation
+            train, clean["validation"] = _stratified(train, frac, seed, names)
+            made.append("validation")
+    except ValueError as exc:  # too few rows of a class to stratify
+        raise SpaceError(file, "data.split", f"cannot make a stratified split: {exc}") from None
+    trial_train, trial_eval = train, clean["validation"]
+    if spec.train_size is not None and spec.train_size < len(train):
+        _, trial_train = _stratified(train, spec.train_size, seed, names)
+    if spec.eval_size is not None and spec.eval_size < len(trial_eval):
+        _, trial_eval = _stratified(trial_eval, spec.eval_size, seed, names)
+    for name, df in (("train", train), ("validation", clean["validation"]), ("test", clean["test"])):
+        if df.empty:
+            raise SpaceError(file, "data.split", f"the {name} split is empty")
+    source = spec.path if spec.path is not None else spec.files.train  # type: ignore[union-attr]
+    record = {
+        "source": source,
+        "sha256": _sha256(str(source)),
+        "made_by_split": made,
+        "split": spec.split.model_dump(),
+        "labels": names,
+        "rows": {
+            "train": train["row"].tolist(),
+            "validation": clean["validation"]["row"].tolist(),
+            "test": clean["test"]["row"].tolist(),
+            "trial_train": trial_train["row"].tolist(),
+            "trial_eval": trial_eval["row"].tolist(),
+        },
+        "note": "rows index the cleaned table (after dropping unlisted labels, empty texts and "
+        "duplicates) of the train source; given validation/test files index their own tables",
+    }
+    splits = Splits(train, clean["validation"], clean["test"], trial_train, trial_eval, record)
+    record["sizes"] = splits.summary()
+    return splits
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: padded to its longest row; batches trim to their own longest."""
+
+    input_ids: Any  # LongTensor [N, T]
+    attention_mask: Any  # LongTensor [N, T]
+    token_type_ids: Any | None
+    labels: Any  # LongTensor [N]
+    lengths: Any  # LongTensor [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def encode(df: pd.DataFrame, template: Any, tokenizer: Any, max_length: int,
+           text_columns: list[str]) -> Encoded:
+    """Render ``template`` on every row and tokenize (truncated to ``max_length``)."""
+    import torch
+
+    rows = df[text_columns].to_dict("records")
+    rendered = [render(template, r) for r in rows]
+    if rendered and isinstance(rendered[0], tuple):
+        first, second = zip(*rendered, strict=True)
+        enc = tokenizer(list(first), list(second), truncation=True, max_length=max_length,
+                        padding="longest", return_tensors="pt")
+    else:
+        enc = tokenizer(rendered, truncation=True, max_length=max_length, padding="longest",
+                        return_tensors="pt")
+    mask = enc["attention_mask"]
+    return Encoded(
+        input_ids=enc["input_ids"],
+        attention_mask=mask,
+        token_type_ids=enc.get("token_type_ids"),
+        labels=torch.tensor(df["label"].to_numpy(), dtype=torch.long),
+        lengths=mask.sum(1),
+    )

@@ -1,0 +1,133 @@
+"""The task metrics a study can maximize, as local :class:`evaluate.Metric` subclasses.
+
+``evaluate.load("accuracy")`` fetches a script from the hub, which fails offline, so the metrics
+the tool offers ship here. They compute with numpy rather than scikit-learn (which the hub
+scripts use) because the offline GPU host has no scikit-learn/scipy and its 64 MiB carry limit
+leaves no room for them; the definitions follow scikit-learn's (``average`` = binary, macro,
+micro, weighted; binary scores ``pos_label`` = 1) and tests check them on hand-worked cases.
+Any other name or a local module path still goes to ``evaluate.load`` for online users.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+
+_FEATURES = datasets.Features(
+    {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+)
+
+
+def _confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.union1d(pred, ref)
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(cm, (np.searchsorted(labels, ref), np.searchsorted(labels, pred)), 1)
+    return labels, cm
+
+
+def _prf(
+    pred: np.ndarray, ref: np.ndarray, average: str, pos_label: int
+) -> tuple[float, float, float]:
+    """Precision, recall, F1 as scikit-learn defines them (zero_division = 0)."""
+    labels, cm = _confusion(pred, ref)
+    tp = np.diag(cm).astype(float)
+    pred_n, true_n = cm.sum(0).astype(float), cm.sum(1).astype(float)
+    if average == "micro":
+        tp, pred_n, true_n = np.array([tp.sum()]), np.array([pred_n.sum()]), np.array([true_n.sum()])
+    elif average == "binary":
+        if pos_label not in labels:
+            return 0.0, 0.0, 0.0
+        i = int(np.searchsorted(labels, pos_label))
+        tp, pred_n, true_n = tp[i : i + 1], pred_n[i : i + 1], true_n[i : i + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(pred_n > 0, tp / pred_n, 0.0)
+        r = np.where(true_n > 0, tp / true_n, 0.0)
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    if average == "weighted":
+        w = true_n / true_n.sum()
+        return float((p * w).sum()), float((r * w).sum()), float((f * w).sum())
+    if average not in ("macro", "micro", "binary"):
+        raise ValueError(f"average must be binary, macro, micro or weighted, got {average!r}")
+    return float(p.mean()), float(r.mean()), float(f.mean())
+
+
+class _Local(evaluate.Metric):
+    name_ = ""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=f"{self.name_} (peftsearch, offline)",
+            citation="",
+            inputs_description="predictions, references: class ids",
+            features=_FEATURES,
+        )
+
+
+class Accuracy(_Local):
+    name_ = "accuracy"
+
+    def _compute(self, predictions: Any, references: Any) -> dict[str, float]:
+        return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}
+
+
+class _PRF(_Local):
+    index = 0
+
+    def _compute(
+        self, predictions: Any, references: Any, average: str = "binary", pos_label: int = 1
+    ) -> dict[str, float]:
+        scores = _prf(np.asarray(predictions), np.asarray(references), average, pos_label)
+        return {self.name_: scores[self.index]}
+
+
+class Precision(_PRF):
+    name_, index = "precision", 0
+
+
+class Recall(_PRF):
+    name_, index = "recall", 1
+
+
+class F1(_PRF):
+    name_, index = "f1", 2
+
+
+class MatthewsCorrelation(_Local):
+    name_ = "matthews_correlation"
+
+    def _compute(self, predictions: Any, references: Any) -> dict[str, float]:
+        # Multi-class MCC (Gorodkin 2004), the formula scikit-learn uses.
+        _, cm = _confusion(np.asarray(predictions), np.asarray(references))
+        t, p = cm.sum(1).astype(float), cm.sum(0).astype(float)
+        c, s = float(np.trace(cm)), float(cm.sum())
+        denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+        return {"matthews_correlation": float((c * s - t @ p) / denom) if denom else 0.0}
+
+
+METRICS: dict[str, type[_Local]] = {
+    m.name_: m for m in (Accuracy, F1, Precision, Recall, MatthewsCorrelation)
+}
+
+
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """A shipped metric by name, else ``evaluate.load(name)`` (hub name or local script path)."""
+    if name in METRICS:
+        return METRICS[name]()
+    return evaluate.load(name)
+
+
+def score(metric: evaluate.EvaluationModule, name: str, predictions: Any, references: Any,
+          **kwargs: Any) -> float:
+    """Compute ``metric`` and return the one number the study maximizes."""
+    result = metric.compute(predictions=predictions, references=references, **kwargs) or {}
+    if name in result:
+        return float(result[name])
+    short = name.rstrip("/").rsplit("/", 1)[-1].removesuffix(".py")
+    if short in result:
+        return float(result[short])
+    if len(result) == 1:
+        return float(next(iter(result.values())))
+    raise ValueError(f"metric {name!r} returned {sorted(result)}; cannot tell which to maximize")

@@ -1,0 +1,129 @@
+"""The base model (loaded once per worker) and the PEFT build of one trial.
+
+peft has no single config for prompt tuning + LoRA. Its own pieces compose (checked on
+peft 0.21): ``inject_adapter_in_model(LoraConfig)`` puts LoRA layers into the base model, then
+``get_peft_model(PromptTuningConfig)`` wraps it with the soft prompt and the classification head
+as ``modules_to_save``; that wrap freezes everything else, so the ``lora_`` parameters are set
+trainable again. Tests check, for each combination, that exactly the intended parameters train
+and that the count matches hand arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from peftsearch.errors import SpaceError
+from peftsearch.spaces import ModelSpec
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def pick_device(spec: str) -> Any:
+    """``auto`` -> CUDA when present, else CPU."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def load_base(spec: ModelSpec, num_labels: int, seed: int, file: str = "space.yaml"
+              ) -> tuple[Any, Any]:
+    """Load tokenizer and sequence-classification model (new head seeded by ``seed``).
+
+    Raises:
+        SpaceError: the model cannot be loaded; the message says why (offline hub id, ...).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "MISSING classifier" load report is expected
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        torch.manual_seed(seed)  # the new head's init: the same in every worker
+        dtype = getattr(torch, _DTYPES[spec.dtype]) if spec.dtype in _DTYPES else "auto"
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec.path, num_labels=num_labels, dtype=dtype, **kwargs
+        )
+    except OSError as exc:
+        hint = ""
+        if "offline" in str(exc).lower() or "connect" in str(exc).lower():
+            hint = " (no network: use a local directory or pkg://PACKAGE/dir)"
+        raise SpaceError(file, "model.path", f"cannot load the model{hint}: {exc}",
+                         spec.path) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def count_params(model: Any, trainable: bool = True) -> int:
+    """Exact count: the sum of ``numel`` of the (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+@dataclass(frozen=True)
+class PeftPlan:
+    """What to put on the base model for one trial."""
+
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    prompt_length: int = 0
+
+
+def build(base: Any, plan: PeftPlan) -> Any:
+    """A fresh copy of ``base`` with the plan's adapters; only they and the head train."""
+    from peft import (
+        LoraConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,
+        inject_adapter_in_model,
+    )
+
+    model = copy.deepcopy(base)  # every trial starts from the pristine base weights
+    lora = None
+    if plan.lora_r > 0:
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=plan.lora_r,
+            lora_alpha=plan.lora_alpha,
+            lora_dropout=plan.lora_dropout,
+            target_modules=plan.target_modules,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns about the second modification; expected
+        if plan.prompt_length > 0:
+            if lora is not None:
+                model = inject_adapter_in_model(lora, model)
+            model = get_peft_model(
+                model,
+                PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=plan.prompt_length),
+            )
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.requires_grad_(True)
+        elif lora is not None:
+            model = get_peft_model(model, lora)
+        else:  # neither: a linear probe, only the head trains
+            head = _head_names(model)
+            for name, param in model.named_parameters():
+                param.requires_grad_(name.split(".")[0] in head)
+    return model
+
+
+def _head_names(model: Any) -> set[str]:
+    """Top-level module names of the classification head (what peft's SEQ_CLS saves)."""
+    names = {n for n, _ in model.named_children()}
+    head = names & {"classifier", "score"}
+    if not head:
+        raise ValueError(f"cannot find the classification head among {sorted(names)}")
+    return head

@@ -1,0 +1,154 @@
+"""The train loop and evaluation of one trial.
+
+A plain loop rather than HF ``Trainer``: the base model stays resident and tokens are cached per
+template, so a trial costs no reload and no ``datasets.map``; measured on an H100 (issue 5's
+numbers) this halves the time per trial against Optuna + Trainer (3.2 s vs 6.4 s). It keeps
+Trainer's semantics where they matter: AdamW, linear warmup/decay, grad-norm clip 1.0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftsearch.errors import TrialFailed
+from peftsearch.objectives.data import Encoded
+
+MAX_CURVE_POINTS = 200  # the loss curve stored per trial; longer runs are averaged into these
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    seed: int = 0
+    max_grad_norm: float = 1.0
+
+    def total_steps(self, n: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return math.ceil(n / self.batch_size) * self.epochs
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    seconds: float
+    loss_curve: list[float] = field(default_factory=list)  # (step-averaged) train loss
+    curve_every: int = 1  # steps per curve point
+
+
+def _batch(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any]:
+    """Rows ``idx`` trimmed to their longest sequence (the split is padded to its longest)."""
+    width = int(enc.lengths[idx].max())
+    cols = slice(-width, None) if left_pad else slice(0, width)
+    out = {
+        "input_ids": enc.input_ids[idx][:, cols],
+        "attention_mask": enc.attention_mask[idx][:, cols],
+        "labels": enc.labels[idx],
+    }
+    if enc.token_type_ids is not None:
+        out["token_type_ids"] = enc.token_type_ids[idx][:, cols]
+    return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+
+
+def _order(n: int, cfg: TrainConfig) -> Iterator[Any]:
+    """Shuffled row indices, epoch after epoch, from a generator seeded by the trial seed."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    while True:
+        yield from torch.randperm(n, generator=gen).split(cfg.batch_size)
+
+
+def _autocast(device: Any) -> Any:
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()  # fp32 on CPU
+
+
+def train(model: Any, data: Encoded, cfg: TrainConfig, device: Any, left_pad: bool = False,
+          on_step: Callable[[int, int], None] | None = None) -> TrainStats:
+    """Train ``model``'s trainable parameters in place.
+
+    The loss is read back to the host every ``log_every`` steps only (each read is a GPU sync);
+    a NaN or infinite loss there stops the trial with :class:`TrialFailed`.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+        fused=device.type == "cuda",
+    )
+    total = cfg.total_steps(len(data))
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    log_every = max(1, math.ceil(total / MAX_CURVE_POINTS))
+    model.train()
+    start, pending, curve = time.perf_counter(), [], []
+    order = _order(len(data), cfg)
+    for step in range(1, total + 1):
+        batch = _batch(data, next(order), device, left_pad)
+        with _autocast(device):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        pending.append(loss.detach())
+        if step % log_every == 0 or step == total:
+            value = float(torch.stack(pending).float().mean())
+            pending.clear()
+            if not math.isfinite(value):
+                raise TrialFailed(f"train loss is {value} at step {step} of {total}; stopped")
+            curve.append(value)
+        if on_step is not None:
+            on_step(step, total)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return TrainStats(total, time.perf_counter() - start, curve, log_every)
+
+
+@dataclass
+class EvalResult:
+    predictions: list[int]
+    loss: float
+    seconds: float
+
+
+def evaluate_model(model: Any, data: Encoded, device: Any, batch_size: int = 64,
+                   left_pad: bool = False) -> EvalResult:
+    """Predictions (argmax) and mean cross-entropy on ``data``, in sorted-length batches."""
+    import torch
+
+    model.eval()
+    start = time.perf_counter()
+    # Sorting by length makes batches pad little; predictions go back to the input order.
+    order = torch.argsort(data.lengths, descending=True)
+    preds = torch.empty(len(data), dtype=torch.long)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.no_grad(), _autocast(device):
+        for idx in order.split(batch_size):
+            batch = _batch(data, idx, device, left_pad)
+            out = model(**batch)
+            preds[idx] = out.logits.argmax(-1).cpu()
+            loss_sum += out.loss.double() * len(idx)
+    loss = float(loss_sum) / max(1, len(data))
+    return EvalResult(preds.tolist(), loss, time.perf_counter() - start)

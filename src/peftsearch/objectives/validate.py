@@ -1,0 +1,56 @@
+"""``search validate``: check a space against its real model and data, without training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from peftsearch.errors import SpaceError
+from peftsearch.objectives.data import load_splits
+from peftsearch.spaces import CategoricalDist, IntDist, Space, render
+
+
+def _max_prompt_length(space: Space) -> int:
+    spec = space.search_params()["prompt_length"]
+    if isinstance(spec, CategoricalDist):
+        return max(spec.choices)
+    if isinstance(spec, IntDist):
+        return spec.high
+    return int(spec)
+
+
+def check_space(space: Space) -> Iterator[str]:
+    """Load data splits, tokenizer and model config; render and tokenize every template on the
+    first train row. Yields report lines; raises SpaceError on the first problem."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    file = str(space.file)
+    splits = load_splits(space)
+    sizes = splits.summary()
+    yield f"{file}: ok"
+    yield ("data: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+           + f" (split made: {', '.join(splits.record['made_by_split']) or 'none, files given'})")
+    counts = Counter(splits.train["label"])
+    yield "labels (train): " + ", ".join(
+        f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels))
+    kwargs = {"trust_remote_code": space.model.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(space.model.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(space.model.path, **kwargs)
+    except OSError as exc:
+        raise SpaceError(file, "model.path", f"cannot load the model: {exc}",
+                         space.model.path) from None
+    limit = getattr(config, "max_position_embeddings", None)
+    longest = space.model.max_length + _max_prompt_length(space)
+    if limit is not None and longest > limit:
+        raise SpaceError(file, "model.max_length",
+                         f"max_length + the largest prompt_length = {longest} exceeds the model's "
+                         f"{limit} positions")
+    yield f"model: {config.model_type}, {space.model.path}"
+    row = splits.train.iloc[0].to_dict()
+    for name, template in space.templates.items():
+        text = render(template, row)
+        pair = text if isinstance(text, tuple) else (text, None)
+        n = len(tokenizer(*pair, truncation=True, max_length=space.model.max_length)["input_ids"])
+        shown = " ||| ".join(pair) if pair[1] is not None else pair[0]
+        yield f"template {name!r} ({n} tokens on train row 0): {shown[:200]!r}"

@@ -1,0 +1,77 @@
+"""The Pareto front of a finished (or running) study, as plain rows; CSV and terminal table."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "trial", "metric", "trainable_params", "trainable_pct", "template", "prompt_length",
+    "lora_r", "learning_rate", "train_seconds", "template_text",
+]
+
+
+def pareto_rows(study: Any, fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per Pareto-optimal trial (metric max, params min), fewest parameters first.
+
+    ``fixed`` supplies values of parameters the space did not search (they are not in
+    ``trial.params``); by default they are read from the study's ``fixed_params`` attribute.
+    """
+    fixed = fixed if fixed is not None else study.user_attrs.get("fixed_params", {})
+    rows = []
+    for t in study.best_trials:
+        params = {**fixed, **t.params}
+        rows.append({
+            "trial": t.number,
+            "metric": t.values[0],
+            "trainable_params": int(t.values[1]),
+            "trainable_pct": t.user_attrs.get("trainable_pct"),
+            "template": params.get("template"),
+            "prompt_length": params.get("prompt_length"),
+            "lora_r": params.get("lora_r"),
+            "learning_rate": params.get("learning_rate"),
+            "train_seconds": t.user_attrs.get("train_seconds"),
+            "template_text": t.user_attrs.get("template_text"),
+        })
+    rows.sort(key=lambda r: (r["trainable_params"], -r["metric"], r["trial"]))
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write ``rows`` to ``path`` atomically (a temp file renamed over it)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            frame.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
+    """A rich Table of the front (the CLI prints it)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front: {escape(metric)} (max) vs trainable parameters (min)")
+    for col, justify in [("trial", "right"), (escape(metric), "right"), ("params", "right"),
+                         ("% base", "right"), ("template", "left"), ("prompt_length", "right"),
+                         ("lora_r", "right"), ("learning_rate", "right"), ("train s", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        pct = r["trainable_pct"]
+        table.add_row(
+            str(r["trial"]), f"{r['metric']:.4f}", f"{r['trainable_params']:,}",
+            f"{pct:.3f}" if pct is not None else "",
+            escape(str(r["template"])), str(r["prompt_length"]), str(r["lora_r"]),
+            f"{r['learning_rate']:.2e}" if isinstance(r["learning_rate"], float) else str(r["learning_rate"]),
+            f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "",
+        )
+    return table

@@ -1,0 +1,145 @@
+"""``space.yaml`` -> a validated :class:`Space`.
+
+Validation never imports torch: ``search validate`` and ``search --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from peftsearch.errors import SpaceError
+from peftsearch.spaces._params import (
+    RULES,
+    CategoricalDist,
+    FloatDist,
+    IntDist,
+    ParamSpec,
+)
+from peftsearch.spaces._paths import PathProblem, resolve
+from peftsearch.spaces._schema import DataSpec, ModelSpec, ObjectivesSpec, Space, StudySpec
+from peftsearch.spaces._templates import Template, render, template_text
+
+__all__ = [
+    "RULES",
+    "CategoricalDist",
+    "DataSpec",
+    "FloatDist",
+    "IntDist",
+    "ModelSpec",
+    "ObjectivesSpec",
+    "ParamSpec",
+    "Space",
+    "StudySpec",
+    "Template",
+    "load_space",
+    "render",
+    "template_text",
+]
+
+
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Space:
+    """Read, validate and resolve a space file.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys set over the file's values before validation, e.g.
+            ``{"study.n_trials": 5}`` (CLI flags), so flag values are validated too.
+
+    Raises:
+        SpaceError: anything wrong, named by file, key path and value.
+    """
+    file = Path(path)
+    name = str(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpaceError(name, None, "no such file") from None
+    except OSError as exc:
+        raise SpaceError(name, None, f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpaceError(name, None, f"malformed YAML: {where}{problem}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(name, None, "must be a mapping of sections (model, data, templates, ...)")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node.get(key), dict | None) else {}
+        node[leaf] = value
+    try:
+        space = Space.model_validate(raw)
+    except ValidationError as exc:
+        raise _space_error(name, exc) from None
+    space._file = file
+    _check_paths(space, name)
+    return space
+
+
+def _space_error(file: str, exc: ValidationError) -> SpaceError:
+    """The first pydantic error as one line: ``file: key.path: message (got value)``."""
+    err = exc.errors()[0]
+    ctx = err.get("ctx") or {}
+    loc = list(ctx.get("loc") or err["loc"])
+    if err["type"] == "unknown_key":
+        loc.append(ctx["key"])
+    # Drop the union tags pydantic puts in the location of a tagged union member.
+    from peftsearch.spaces._params import TAGS
+
+    parts = [p for i, p in enumerate(loc) if not (i > 0 and p in TAGS and loc[0] == "params")]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    msg = err["msg"].removeprefix("Value error, ")
+    value: Any = ...
+    if err["type"] not in ("unknown_key", "at_key", "missing") and not isinstance(
+        err.get("input"), dict
+    ):
+        value = err.get("input")
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return SpaceError(file, key or None, msg, value)
+
+
+def _check_paths(space: Space, file: str) -> None:
+    """Resolve model and data paths in place; a local path that is missing is an error."""
+    base = space.file.parent
+
+    def local(key: str, value: str, must_be_dir: bool = False) -> str:
+        try:
+            path = resolve(value, base)
+        except PathProblem as exc:
+            raise SpaceError(file, key, str(exc)) from None
+        if path is None:
+            return value  # a hub id
+        if not path.exists():
+            raise SpaceError(file, key, f"no such {'directory' if must_be_dir else 'file'}", value)
+        if must_be_dir and not path.is_dir():
+            raise SpaceError(file, key, "must be a model directory, not a file", value)
+        return str(path)
+
+    space.model.path = local("model.path", space.model.path, must_be_dir=True)
+    if space.data.path is not None:
+        space.data.path = local("data.path", space.data.path)
+    if space.data.files is not None:
+        files = space.data.files
+        files.train = _must_exist(local("data.files.train", files.train), file, "data.files.train")
+        if files.validation:
+            files.validation = _must_exist(
+                local("data.files.validation", files.validation), file, "data.files.validation"
+            )
+        if files.test:
+            files.test = _must_exist(local("data.files.test", files.test), file, "data.files.test")
+
+
+def _must_exist(resolved: str, file: str, key: str) -> str:
+    if not Path(resolved).exists():
+        raise SpaceError(file, key, "no such file", resolved)
+    return resolved

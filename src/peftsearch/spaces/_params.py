@@ -1,0 +1,172 @@
+"""Search-space entries in Optuna's own vocabulary, and the rules for each known parameter.
+
+An entry is either a fixed value (``epochs: 1``) or a distribution::
+
+    learning_rate: {type: float, low: 1.0e-5, high: 5.0e-3, log: true}
+    lora_r:        {type: categorical, choices: [0, 4, 8, 16]}
+    batch_size:    {type: int, low: 8, high: 32, step: 8}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
+    model_validator,
+)
+
+
+class _Dist(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FloatDist(_Dist):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatDist:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntDist(_Dist):
+    type: Literal["int"]
+    low: StrictInt
+    high: StrictInt
+    log: bool = False
+    step: StrictInt = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntDist:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class CategoricalDist(_Dist):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise ValueError(f"`low <= high` must hold, but got (low={low}, high={high})")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0, but got low={low}")
+    if log and step not in (None, 1):
+        raise ValueError("`step` and `log` cannot be used together")
+    if step is not None and step <= 0:
+        raise ValueError(f"`step` must be > 0, but got step={step}")
+
+
+Fixed = StrictBool | StrictInt | StrictFloat | str | list[str] | None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict) and "type" in value:
+        return str(value["type"]) if value["type"] in ("float", "int", "categorical") else "bad"
+    return "fixed"
+
+
+class _BadType(_Dist):
+    type: Literal["float", "int", "categorical"]
+
+
+ParamSpec = Annotated[
+    Annotated[FloatDist, Tag("float")]
+    | Annotated[IntDist, Tag("int")]
+    | Annotated[CategoricalDist, Tag("categorical")]
+    | Annotated[_BadType, Tag("bad")]
+    | Annotated[Fixed, Tag("fixed")],
+    Discriminator(_kind),
+]
+TAGS = ("float", "int", "categorical", "bad", "fixed")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What values a known parameter accepts, and its default when the space omits it."""
+
+    kind: Literal["int", "float", "str", "modules", "optional_int"]
+    default: Any
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive unless high_open
+    high_open: bool = False
+    help: str = ""
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError unless ``value`` is allowed for this parameter."""
+        if self.kind == "optional_int" and value is None:
+            return
+        if self.kind in ("int", "optional_int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"must be an integer, got {value!r}")
+        elif self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"must be a number, got {value!r}")
+        elif self.kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"must be a string, got {value!r}")
+            return
+        elif self.kind == "modules":
+            ok = value is None or (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+            )
+            if not ok and not (isinstance(value, str) and value):
+                raise ValueError(f"must be a module name or a list of them, got {value!r}")
+            return
+        if self.low is not None and value < self.low:
+            raise ValueError(f"must be >= {self.low}, got {value!r}")
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            op = "<" if self.high_open else "<="
+            raise ValueError(f"must be {op} {self.high}, got {value!r}")
+
+
+# The parameters a trial understands. `template` choices are checked against `templates:`.
+RULES: dict[str, Rule] = {
+    "template": Rule("str", None, help="name of a template under `templates:`"),
+    "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
+    "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
+    "learning_rate": Rule("float", 1e-3, low=0, help="AdamW peak learning rate"),
+    "lora_alpha": Rule("float", 16, low=0, help="LoRA scaling numerator (scale = alpha / r)"),
+    "lora_dropout": Rule("float", 0.0, low=0, high=1, high_open=True),
+    "target_modules": Rule("modules", None, help="LoRA targets; null = peft's default"),
+    "epochs": Rule("int", 1, low=1, help="passes over the trial's train subset"),
+    "max_steps": Rule("optional_int", None, low=1, help="if set, overrides epochs"),
+    "batch_size": Rule("int", 16, low=1),
+    "weight_decay": Rule("float", 0.0, low=0),
+    "warmup_ratio": Rule("float", 0.0, low=0, high=1),
+}
+
+
+def check_param(name: str, spec: Any) -> None:
+    """Check a parsed entry against the rule of ``name``; raise ValueError with the reason."""
+    rule = RULES[name]
+    if isinstance(spec, FloatDist):
+        if rule.kind != "float":
+            raise ValueError(f"`type: float` does not fit {name}, which takes {rule.kind} values")
+        values: list[Any] = [spec.low, spec.high]
+    elif isinstance(spec, IntDist):
+        if rule.kind not in ("int", "float", "optional_int"):
+            raise ValueError(f"`type: int` does not fit {name}, which takes {rule.kind} values")
+        values = [spec.low, spec.high]
+    elif isinstance(spec, CategoricalDist):
+        values = list(spec.choices)
+        if rule.kind == "modules":
+            values = [v.split(",") if isinstance(v, str) else v for v in values]
+    else:
+        values = [spec]
+    for v in values:
+        rule.check(v)

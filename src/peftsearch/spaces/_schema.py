@@ -1,0 +1,197 @@
+"""The validated form of ``space.yaml``: one pydantic model per section, unknown keys rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from peftsearch.spaces._params import RULES, CategoricalDist, ParamSpec, check_param
+from peftsearch.spaces._templates import Template, check_template
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are an error that lists the valid ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            extra = sorted(str(k) for k in data if k not in cls.model_fields)
+            if extra:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key; valid keys here: {valid}",
+                    {"key": extra[0], "valid": ", ".join(cls.model_fields)},
+                )
+        return data
+
+
+class ModelSpec(_Section):
+    path: str = Field(description="local directory, pkg://PACKAGE/dir, or a hub id")
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per example, template included")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights dtype; training autocasts to bf16 on CUDA either way"
+    )
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model: opt in")
+
+
+class SplitSpec(_Section):
+    """Fractions of a fixed-seed stratified split, used for splits the data does not give."""
+
+    validation: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitSpec:
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                f"validation + test must be < 1, got {self.validation} + {self.test}"
+            )
+        return self
+
+
+class FilesSpec(_Section):
+    train: str
+    validation: str | None = None
+    test: str | None = None
+
+
+class DataSpec(_Section):
+    path: str | None = Field(None, description="a csv/jsonl/parquet file, or a hub dataset name")
+    files: FilesSpec | None = Field(None, description="splits given as separate files")
+    subset: str | None = Field(None, description="hub dataset configuration name")
+    text_columns: list[str] = Field(min_length=1, max_length=2)
+    label_column: str = "label"
+    labels: list[str] = Field(min_length=2, description="label names; position = class id")
+    drop_unlisted_labels: bool = Field(False, description="drop rows whose label is not listed")
+    drop_duplicates: bool = Field(False, description="drop rows whose text repeats an earlier row")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    train_size: int | None = Field(None, ge=1, description="train rows a trial sees (subsample)")
+    eval_size: int | None = Field(None, ge=1, description="validation rows a trial is scored on")
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _one_column(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dupes = sorted({x for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"label names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> DataSpec:
+        if (self.path is None) == (self.files is None):
+            raise ValueError("give exactly one of `path` (one file or hub name) and `files`")
+        return self
+
+
+class ObjectivesSpec(_Section):
+    metric: str = Field("accuracy", description="maximized; see peftsearch.objectives.METRICS")
+    metric_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. average: macro")
+    cost: Literal["trainable_params"] = Field("trainable_params", description="minimized")
+
+
+class StudySpec(_Section):
+    name: str | None = Field(None, description="default: the space file's name")
+    storage: str | None = Field(None, description="default: sqlite:///<output>/study.db")
+    sampler: str = Field("tpe", description="tpe | nsga2 | random | grid")
+    sampler_kwargs: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, description="sampler seed and every trial's training seed")
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds; no new trial starts after it")
+
+
+class Space(_Section):
+    """A whole space file. Build it with :func:`peftsearch.spaces.load_space`."""
+
+    model: ModelSpec
+    data: DataSpec
+    templates: dict[str, Template] = Field(min_length=1)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    objectives: ObjectivesSpec = Field(default_factory=ObjectivesSpec)
+    study: StudySpec = Field(default_factory=StudySpec)
+    output: str | None = Field(None, description="default: runs/<study name> under the cwd")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Space:
+        for name, template in self.templates.items():
+            try:
+                check_template(template, self.data.text_columns)
+            except ValueError as exc:
+                raise PydanticCustomError(
+                    "at_key", "{msg}", {"msg": str(exc), "loc": ("templates", name)}
+                ) from None
+        for name, spec in self.params.items():
+            if name not in RULES:
+                raise PydanticCustomError(
+                    "at_key",
+                    "{msg}",
+                    {
+                        "msg": f"unknown parameter; valid: {', '.join(RULES)}",
+                        "loc": ("params", name),
+                    },
+                )
+            try:
+                check_param(name, spec)
+            except ValueError as exc:
+                raise PydanticCustomError(
+                    "at_key", "{msg}", {"msg": str(exc), "loc": ("params", name)}
+                ) from None
+        template = self.params.get("template")
+        if template is not None:
+            names = template.choices if isinstance(template, CategoricalDist) else [template]
+            unknown = [n for n in names if n not in self.templates]
+            if unknown:
+                raise PydanticCustomError(
+                    "at_key",
+                    "{msg}",
+                    {
+                        "msg": f"no template named {unknown[0]!r}; templates: "
+                        + ", ".join(self.templates),
+                        "loc": ("params", "template"),
+                    },
+                )
+        return self
+
+    # -- derived, filled by load_space ------------------------------------------------------
+    _file: Path = Path("space.yaml")
+
+    @property
+    def file(self) -> Path:
+        """The space file this came from."""
+        return self._file
+
+    @property
+    def study_name(self) -> str:
+        return self.study.name or self._file.stem
+
+    @property
+    def output_dir(self) -> Path:
+        if self.output is None:
+            return Path("runs") / self.study_name
+        out = Path(self.output).expanduser()
+        return out if out.is_absolute() else self._file.parent / out
+
+    @property
+    def storage_url(self) -> str:
+        if self.study.storage:
+            return self.study.storage
+        return f"sqlite:///{(self.output_dir / 'study.db').resolve()}"
+
+    def search_params(self) -> dict[str, Any]:
+        """Every parameter a trial needs: the file's entries over the defaults."""
+        params: dict[str, Any] = {n: r.default for n, r in RULES.items()}
+        params["template"] = CategoricalDist(type="categorical", choices=list(self.templates))
+        params.update(self.params)
+        return params
