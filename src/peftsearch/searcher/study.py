@@ -191,6 +191,10 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
     out = _prepare_output(space)
     study = open_study(space)
     study.sampler = make_sampler(space, n_existing=len(study.trials))
+    if not study.trials:
+        for config in space.study.enqueue:
+            study.enqueue_trial({k: (",".join(v) if isinstance(v, list) else v)
+                                 for k, v in config.items()}, user_attrs={"enqueued": True})
     _record_study(study, space, runner, out)
     n_trials, metric = space.study.n_trials, space.objectives.metric
     outcome = RunOutcome(space.study_name, mask_url(space.storage_url), out, {})

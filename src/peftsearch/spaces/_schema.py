@@ -8,7 +8,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from peftsearch.spaces._params import RULES, CategoricalDist, ParamSpec, check_param
+from peftsearch.spaces._params import (
+    RULES,
+    CategoricalDist,
+    FloatDist,
+    IntDist,
+    ParamSpec,
+    check_param,
+)
 from peftsearch.spaces._templates import Template, check_template
 
 
@@ -110,6 +117,12 @@ class StudySpec(_Section):
     seed: int = Field(0, description="sampler seed and every trial's training seed")
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds; no new trial starts after it")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="configurations to run first, before the sampler's own (a warm start "
+        "from known-good settings; Optuna's enqueue_trial). Partial dicts are completed by "
+        "the sampler.",
+    )
 
 
 class Space(_Section):
@@ -148,6 +161,19 @@ class Space(_Section):
                 raise PydanticCustomError(
                     "at_key", "{msg}", {"msg": str(exc), "loc": ("params", name)}
                 ) from None
+        searched = self.search_params()
+        for i, config in enumerate(self.study.enqueue):
+            for name, value in config.items():
+                loc = ("study", "enqueue", i, name)
+                spec = searched.get(name)
+                if name not in RULES:
+                    msg = f"unknown parameter; valid: {', '.join(RULES)}"
+                elif not isinstance(spec, CategoricalDist | FloatDist | IntDist):
+                    msg = f"{name} is not searched (fixed at {spec!r}); only searched ones enqueue"
+                else:
+                    msg = _enqueue_problem(spec, value)
+                if msg:
+                    raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
         template = self.params.get("template")
         if template is not None:
             names = template.choices if isinstance(template, CategoricalDist) else [template]
@@ -195,3 +221,16 @@ class Space(_Section):
         params["template"] = CategoricalDist(type="categorical", choices=list(self.templates))
         params.update(self.params)
         return params
+
+
+def _enqueue_problem(spec: CategoricalDist | FloatDist | IntDist, value: Any) -> str | None:
+    """Why ``value`` is outside the distribution ``spec`` (None if inside)."""
+    if isinstance(spec, CategoricalDist):
+        return None if value in spec.choices else f"{value!r} is not among the choices {spec.choices}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {value!r}"
+    if isinstance(spec, IntDist) and not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    if not spec.low <= value <= spec.high:
+        return f"{value!r} is outside [{spec.low}, {spec.high}]"
+    return None

@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny BERT built offline, a synthetic sentiment csv, and space files.
+
+Nothing here downloads: the tokenizer is built from a vocab file written on the spot, the model
+from a config (about 20k parameters), the data from word lists with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+POSITIVE = ["good", "great", "superb", "fine", "lovely", "brilliant", "moving", "fun"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak", "messy", "flat"]
+FILLER = ["the", "film", "movie", "was", "a", "plot", "story", "and", "very", "it", "cast"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = [*POSITIVE, *NEGATIVE, *FILLER, "review", ":", "verdict", "?", "premise", "says"]
+
+# The tiny model's shape, used by parameter-count tests.
+HIDDEN, LAYERS, LABELS = 16, 2, 2
+
+
+def make_tiny_model(path: Path) -> Path:
+    """Save a 2-layer, hidden-16 BERT for sequence classification and its tokenizer to ``path``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+        num_labels=LABELS,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_sentiment_csv(path: Path, n: int = 400, seed: int = 0) -> Path:
+    """A learnable two-class csv (text,label) with labels 'neg'/'pos', balanced-ish."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            pos = rng.random() < 0.55
+            words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if pos else NEGATIVE)]
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i % 7}", "pos" if pos else "neg"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sentiment_csv(tmp_path_factory.mktemp("data") / "sentiment.csv")
+
+
+def space_dict(model: Path, data: Path, out_dir: Path, **sections: Any) -> dict[str, Any]:
+    """A small valid space (tiny model, synthetic data); ``sections`` replace whole sections."""
+    space: dict[str, Any] = {
+        "model": {"path": str(model), "max_length": 32},
+        "data": {
+            "path": str(data), "text_columns": ["text"], "label_column": "label",
+            "labels": ["neg", "pos"], "train_size": 160, "eval_size": 60,
+        },
+        "templates": {"plain": "{text}", "review": "review : {text}"},
+        "params": {
+            "template": {"type": "categorical", "choices": ["plain", "review"]},
+            "prompt_length": {"type": "categorical", "choices": [0, 2]},
+            "lora_r": {"type": "categorical", "choices": [0, 2, 4]},
+            "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+            "batch_size": 16,
+        },
+        "study": {"n_trials": 3, "seed": 0},
+        "output": str(out_dir),
+    }
+    space.update(sections)
+    return space
+
+
+@pytest.fixture
+def write_space(tmp_path: Path, tiny_model: Path, sentiment_csv: Path):
+    """Write a space file; keyword sections replace the defaults of :func:`space_dict`."""
+
+    def write(name: str = "space.yaml", raw: str | None = None, **sections: Any) -> Path:
+        path = tmp_path / name
+        if raw is not None:
+            path.write_text(raw, encoding="utf-8")
+        else:
+            data = space_dict(tiny_model, sentiment_csv, tmp_path / "out", **sections)
+            path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``search ARGS`` in a subprocess (the real entry point), capturing output."""
+    return subprocess.run(
+        [sys.executable, "-m", "peftsearch", *args], capture_output=True, text=True,
+        cwd=cwd, timeout=timeout,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
