@@ -37,8 +37,12 @@ def make_tiny_model(path: Path) -> Path:
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-        num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
         num_labels=LABELS,
     )
     BertForSequenceClassification(config).save_pretrained(path)
@@ -75,8 +79,12 @@ def space_dict(model: Path, data: Path, out_dir: Path, **sections: Any) -> dict[
     space: dict[str, Any] = {
         "model": {"path": str(model), "max_length": 32},
         "data": {
-            "path": str(data), "text_columns": ["text"], "label_column": "label",
-            "labels": ["neg", "pos"], "train_size": 160, "eval_size": 60,
+            "path": str(data),
+            "text_columns": ["text"],
+            "label_column": "label",
+            "labels": ["neg", "pos"],
+            "train_size": 160,
+            "eval_size": 60,
         },
         "templates": {"plain": "{text}", "review": "review : {text}"},
         "params": {
@@ -109,10 +117,15 @@ def write_space(tmp_path: Path, tiny_model: Path, sentiment_csv: Path):
     return write
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``search ARGS`` in a subprocess (the real entry point), capturing output."""
     return subprocess.run(
-        [sys.executable, "-m", "peftsearch", *args], capture_output=True, text=True,
-        cwd=cwd, timeout=timeout,
+        [sys.executable, "-m", "peftsearch", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )

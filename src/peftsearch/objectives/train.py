@@ -78,8 +78,14 @@ def _autocast(device: Any) -> Any:
     return contextlib.nullcontext()  # fp32 on CPU
 
 
-def train(model: Any, data: Encoded, cfg: TrainConfig, device: Any, left_pad: bool = False,
-          on_step: Callable[[int, int], None] | None = None) -> TrainStats:
+def train(
+    model: Any,
+    data: Encoded,
+    cfg: TrainConfig,
+    device: Any,
+    left_pad: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainStats:
     """Train ``model``'s trainable parameters in place.
 
     The loss is read back to the host every ``log_every`` steps only (each read is a GPU sync);
@@ -92,8 +98,10 @@ def train(model: Any, data: Encoded, cfg: TrainConfig, device: Any, left_pad: bo
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.learning_rate,
         fused=device.type == "cuda",
     )
@@ -133,8 +141,9 @@ class EvalResult:
     seconds: float
 
 
-def evaluate_model(model: Any, data: Encoded, device: Any, batch_size: int = 64,
-                   left_pad: bool = False) -> EvalResult:
+def evaluate_model(
+    model: Any, data: Encoded, device: Any, batch_size: int = 64, left_pad: bool = False
+) -> EvalResult:
     """Predictions (argmax) and mean cross-entropy on ``data``, in sorted-length batches."""
     import torch
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import load_splits
+from peftsearch.objectives.metrics import check_metric, load_metric
 from peftsearch.spaces import CategoricalDist, IntDist, Space, render
 
 
@@ -27,26 +28,37 @@ def check_space(space: Space) -> Iterator[str]:
     file = str(space.file)
     splits = load_splits(space)
     sizes = splits.summary()
-    yield f"{file}: ok"
-    yield ("data: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
-           + f" (split made: {', '.join(splits.record['made_by_split']) or 'none, files given'})")
+    yield (
+        "data: "
+        + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+        + f" (split made: {', '.join(splits.record['made_by_split']) or 'none, files given'})"
+    )
     counts = Counter(splits.train["label"])
     yield "labels (train): " + ", ".join(
-        f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels))
+        f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels)
+    )
     kwargs = {"trust_remote_code": space.model.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(space.model.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(space.model.path, **kwargs)
     except OSError as exc:
-        raise SpaceError(file, "model.path", f"cannot load the model: {exc}",
-                         space.model.path) from None
+        raise SpaceError(
+            file, "model.path", f"cannot load the model: {exc}", space.model.path
+        ) from None
     limit = getattr(config, "max_position_embeddings", None)
     longest = space.model.max_length + _max_prompt_length(space)
     if limit is not None and longest > limit:
-        raise SpaceError(file, "model.max_length",
-                         f"max_length + the largest prompt_length = {longest} exceeds the model's "
-                         f"{limit} positions")
+        raise SpaceError(
+            file,
+            "model.max_length",
+            f"max_length + the largest prompt_length = {longest} exceeds the model's "
+            f"{limit} positions",
+        )
     yield f"model: {config.model_type}, {space.model.path}"
+    objectives = space.objectives
+    metric = load_metric(objectives.metric, file)
+    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
+    yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
     row = splits.train.iloc[0].to_dict()
     for name, template in space.templates.items():
         text = render(template, row)
@@ -54,3 +66,4 @@ def check_space(space: Space) -> Iterator[str]:
         n = len(tokenizer(*pair, truncation=True, max_length=space.model.max_length)["input_ids"])
         shown = " ||| ".join(pair) if pair[1] is not None else pair[0]
         yield f"template {name!r} ({n} tokens on train row 0): {shown[:200]!r}"
+    yield f"{file}: ok (nothing trained, nothing written)"

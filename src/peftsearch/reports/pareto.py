@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "trial", "metric", "trainable_params", "trainable_pct", "template", "prompt_length",
-    "lora_r", "learning_rate", "train_seconds", "template_text",
+    "trial",
+    "metric",
+    "trainable_params",
+    "trainable_pct",
+    "template",
+    "prompt_length",
+    "lora_r",
+    "learning_rate",
+    "train_seconds",
+    "template_text",
 ]
 
 
@@ -23,18 +31,20 @@ def pareto_rows(study: Any, fixed: dict[str, Any] | None = None) -> list[dict[st
     rows = []
     for t in study.best_trials:
         params = {**fixed, **t.params}
-        rows.append({
-            "trial": t.number,
-            "metric": t.values[0],
-            "trainable_params": int(t.values[1]),
-            "trainable_pct": t.user_attrs.get("trainable_pct"),
-            "template": params.get("template"),
-            "prompt_length": params.get("prompt_length"),
-            "lora_r": params.get("lora_r"),
-            "learning_rate": params.get("learning_rate"),
-            "train_seconds": t.user_attrs.get("train_seconds"),
-            "template_text": t.user_attrs.get("template_text"),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "metric": t.values[0],
+                "trainable_params": int(t.values[1]),
+                "trainable_pct": t.user_attrs.get("trainable_pct"),
+                "template": params.get("template"),
+                "prompt_length": params.get("prompt_length"),
+                "lora_r": params.get("lora_r"),
+                "learning_rate": params.get("learning_rate"),
+                "train_seconds": t.user_attrs.get("train_seconds"),
+                "template_text": t.user_attrs.get("template_text"),
+            }
+        )
     rows.sort(key=lambda r: (r["trainable_params"], -r["metric"], r["trial"]))
     return rows
 
@@ -61,17 +71,31 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
     from rich.table import Table
 
     table = Table(title=f"Pareto front: {escape(metric)} (max) vs trainable parameters (min)")
-    for col, justify in [("trial", "right"), (escape(metric), "right"), ("params", "right"),
-                         ("% base", "right"), ("template", "left"), ("prompt_length", "right"),
-                         ("lora_r", "right"), ("learning_rate", "right"), ("train s", "right")]:
+    for col, justify in [
+        ("trial", "right"),
+        (escape(metric), "right"),
+        ("params", "right"),
+        ("% base", "right"),
+        ("template", "left"),
+        ("prompt_length", "right"),
+        ("lora_r", "right"),
+        ("learning_rate", "right"),
+        ("train s", "right"),
+    ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         pct = r["trainable_pct"]
         table.add_row(
-            str(r["trial"]), f"{r['metric']:.4f}", f"{r['trainable_params']:,}",
+            str(r["trial"]),
+            f"{r['metric']:.4f}",
+            f"{r['trainable_params']:,}",
             f"{pct:.3f}" if pct is not None else "",
-            escape(str(r["template"])), str(r["prompt_length"]), str(r["lora_r"]),
-            f"{r['learning_rate']:.2e}" if isinstance(r["learning_rate"], float) else str(r["learning_rate"]),
+            escape(str(r["template"])),
+            str(r["prompt_length"]),
+            str(r["lora_r"]),
+            f"{r['learning_rate']:.2e}"
+            if isinstance(r["learning_rate"], float)
+            else str(r["learning_rate"]),
             f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "",
         )
     return table

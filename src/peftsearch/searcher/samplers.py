@@ -30,9 +30,7 @@ def _nsga2(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:
     # optuna's default population (50) never gets past generation 0 in a small study; scale it
     # so that about three generations fit the budget, within [8, 50].
     population = min(50, max(8, space.study.n_trials // 3))
-    return optuna.samplers.NSGAIISampler(
-        **{"population_size": population, "seed": seed, **kwargs}
-    )
+    return optuna.samplers.NSGAIISampler(**{"population_size": population, "seed": seed, **kwargs})
 
 
 def _random(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:
@@ -52,7 +50,8 @@ def grid_space(space: Space) -> dict[str, list[Any]]:
         elif isinstance(spec, FloatDist):
             if spec.step is None:
                 raise SpaceError(
-                    str(space.file), f"params.{name}",
+                    str(space.file),
+                    f"params.{name}",
                     "the grid sampler needs finite choices: give `step` or use type: categorical",
                 )
             n = int(round((spec.high - spec.low) / spec.step))
@@ -90,9 +89,12 @@ def make_sampler(space: Space, n_existing: int = 0) -> Any:
     """
     name = space.study.sampler
     if name not in SAMPLERS:
-        raise SpaceError(str(space.file), "study.sampler",
-                         f"unknown sampler; valid: {', '.join(SAMPLERS)}", name)
+        raise SpaceError(
+            str(space.file), "study.sampler", f"unknown sampler; valid: {', '.join(SAMPLERS)}", name
+        )
     try:
-        return SAMPLERS[name](space, space.study.seed + n_existing, dict(space.study.sampler_kwargs))
+        return SAMPLERS[name](
+            space, space.study.seed + n_existing, dict(space.study.sampler_kwargs)
+        )
     except TypeError as exc:
         raise SpaceError(str(space.file), "study.sampler_kwargs", str(exc)) from None

@@ -1,7 +1,8 @@
 """Where the study lives: an Optuna RDB storage (SQLite by default, PostgreSQL for many workers).
 
 Heartbeats are on: a trial whose process died stops beating, is marked FAIL by
-``optuna.storages.fail_stale_trials`` after ``GRACE_SECONDS``, and ``RetryHeartbeatStaleTrialCallback``
+``optuna.storages.fail_stale_trials`` after ``GRACE_SECONDS``, and
+``RetryHeartbeatStaleTrialCallback``
 enqueues its parameters again, so a killed run loses nothing.
 """
 

@@ -17,7 +17,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from peftsearch.errors import SpaceError, TrialFailed, UserError
 from peftsearch.searcher.progress import StudyProgress
@@ -26,7 +26,7 @@ from peftsearch.searcher.storage import HEARTBEAT_SECONDS, mask_url, open_storag
 from peftsearch.searcher.suggest import fixed_params, suggest
 from peftsearch.spaces import Space
 
-DIRECTIONS = ["maximize", "minimize"]  # task metric, trainable parameters
+DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # metric, params
 INTERRUPTED = "interrupted"  # user attr on a trial stopped by Ctrl-C
 
 
@@ -74,11 +74,12 @@ def _prepare_output(space: Space) -> Path:
     out = space.output_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-")
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
     except OSError as exc:
-        raise SpaceError(str(space.file), "output", f"cannot write there: {exc.strerror}",
-                         str(out)) from None
+        raise SpaceError(
+            str(space.file), "output", f"cannot write there: {exc.strerror}", str(out)
+        ) from None
     return out
 
 
@@ -93,12 +94,15 @@ def open_study(space: Space, create: bool = True) -> Any:
         if not create:
             return optuna.load_study(study_name=space.study_name, storage=storage)
         return optuna.create_study(
-            study_name=space.study_name, storage=storage, directions=DIRECTIONS,
+            study_name=space.study_name,
+            storage=storage,
+            directions=DIRECTIONS,
             load_if_exists=True,
         )
     except KeyError:
         raise UserError(
-            f"{space.file}: no study {space.study_name!r} in {mask_url(url)}; run `search run` first"
+            f"{space.file}: no study {space.study_name!r} in {mask_url(url)}; "
+            "run `search run` first"
         ) from None
     except Exception as exc:  # sqlalchemy/driver errors: say what, never show the password
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -117,12 +121,16 @@ def open_study(space: Space, create: bool = True) -> Any:
 
 def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
     """Study-level attributes (once), the split record, and a warning if the space changed."""
-    searched = {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
-                for k, v in space.search_params().items()}
+    searched = {
+        k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+        for k, v in space.search_params().items()
+    }
     attrs = study.user_attrs
     if "search_space" in attrs and attrs["search_space"] != json.loads(json.dumps(searched)):
-        runner_note = ("the search space differs from the one this study started with; "
-                       "Optuna keeps the old trials, so compare them with care")
+        runner_note = (
+            "the search space differs from the one this study started with; "
+            "Optuna keeps the old trials, so compare them with care"
+        )
         print(f"warning: {space.file}: {runner_note}")
     if "search_space" not in attrs:
         splits = runner.splits
@@ -130,22 +138,30 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
         study.set_user_attr("fixed_params", fixed_params(space))
         study.set_user_attr("metric", space.objectives.metric)
         study.set_user_attr("model", space.model.path)
-        study.set_user_attr("data", {
-            "source": splits.record["source"], "sha256": splits.record["sha256"],
-            "sizes": splits.summary(), "split": splits.record["split"],
-            "labels": list(space.data.labels),
-        })
+        study.set_user_attr(
+            "data",
+            {
+                "source": splits.record["source"],
+                "sha256": splits.record["sha256"],
+                "sizes": splits.summary(),
+                "split": splits.record["split"],
+                "labels": list(space.data.labels),
+            },
+        )
         study.set_user_attr("base_params", runner.base_params)
-        study.set_user_attr("space", {**space.model_dump(mode="json", exclude={"params"}),
-                                      "params": searched})
+        study.set_user_attr(
+            "space", {**space.model_dump(mode="json", exclude={"params"}), "params": searched}
+        )
     record = out / "splits.json"
     if not record.exists():
         _write_json_atomic(record, runner.splits.record)
 
 
 def _summary(params: dict[str, Any]) -> str:
-    return (f"{params['template']} | prompt {params['prompt_length']} | r {params['lora_r']} | "
-            f"lr {params['learning_rate']:.2e}")
+    return (
+        f"{params['template']} | prompt {params['prompt_length']} | r {params['lora_r']} | "
+        f"lr {params['learning_rate']:.2e}"
+    )
 
 
 def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
@@ -154,8 +170,7 @@ def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
 
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
-        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)
-                and t.number not in retried):
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
@@ -193,8 +208,10 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
     study.sampler = make_sampler(space, n_existing=len(study.trials))
     if not study.trials:
         for config in space.study.enqueue:
-            study.enqueue_trial({k: (",".join(v) if isinstance(v, list) else v)
-                                 for k, v in config.items()}, user_attrs={"enqueued": True})
+            study.enqueue_trial(
+                {k: (",".join(v) if isinstance(v, list) else v) for k, v in config.items()},
+                user_attrs={"enqueued": True},
+            )
     _record_study(study, space, runner, out)
     n_trials, metric = space.study.n_trials, space.objectives.metric
     outcome = RunOutcome(space.study_name, mask_url(space.storage_url), out, {})
@@ -230,7 +247,9 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
                     result = runner.run(params, on_step=prog.step)
             except KeyboardInterrupt:
                 trial.set_user_attr(INTERRUPTED, True)
-                trial.set_user_attr("fail_note", "interrupted by the user (Ctrl-C); re-run resumes it")
+                trial.set_user_attr(
+                    "fail_note", "interrupted by the user (Ctrl-C); re-run resumes it"
+                )
                 study.tell(trial, state=TrialState.FAIL)
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 outcome.interrupted = True
@@ -251,10 +270,12 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
                 for key, value in result.attrs.items():
                     trial.set_user_attr(key, value)
                 study.tell(trial, [result.metric, result.trainable_params])
-                line = (f"trial {trial.number}: {metric} {result.metric:.4f} | "
-                        f"{result.trainable_params:,} params "
-                        f"({result.attrs.get('trainable_pct', 0):.3f}%) | {_summary(params)} | "
-                        f"{seconds:.1f} s")
+                line = (
+                    f"trial {trial.number}: {metric} {result.metric:.4f} | "
+                    f"{result.trainable_params:,} params "
+                    f"({result.attrs.get('trainable_pct', 0):.3f}%) | {_summary(params)} | "
+                    f"{seconds:.1f} s"
+                )
             best = study.best_trials
             top = max((t.values[0] for t in best), default=None)
             prog.trial_finished(line, min(done + 1, n_trials), top, len(best))

@@ -15,8 +15,9 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, spec in space.search_params().items():
         if isinstance(spec, FloatDist):
-            value: Any = trial.suggest_float(name, spec.low, spec.high, log=spec.log,
-                                             step=spec.step)
+            value: Any = trial.suggest_float(
+                name, spec.low, spec.high, log=spec.log, step=spec.step
+            )
         elif isinstance(spec, IntDist):
             value = trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
         elif isinstance(spec, CategoricalDist):
@@ -34,6 +35,7 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
 def fixed_params(space: Space) -> dict[str, Any]:
     """The entries that are not searched (stored once on the study)."""
     return {
-        n: s for n, s in space.search_params().items()
+        n: s
+        for n, s in space.search_params().items()
         if not isinstance(s, FloatDist | IntDist | CategoricalDist)
     }

@@ -73,29 +73,49 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {}) if isinstance(node.get(key), dict | None) else {}
+            if not isinstance(node.get(key), dict):  # absent or empty (`study:` alone)
+                node[key] = {}
+            node = node[key]
         node[leaf] = value
     try:
         space = Space.model_validate(raw)
     except ValidationError as exc:
-        raise _space_error(name, exc) from None
+        raise _space_error(name, exc, raw) from None
     space._file = file
     _check_paths(space, name)
     return space
 
 
-def _space_error(file: str, exc: ValidationError) -> SpaceError:
+def _key_path(loc: list[Any], raw: Any, keep_last: bool) -> str:
+    """Dotted key path of ``loc`` as found in ``raw``.
+
+    pydantic puts the names of union members (``str``, ``list[str]``, tags) into a location;
+    those are not keys of the file, so parts that do not index into the data are dropped. The
+    last part is kept when it names a key that should be there (missing or unknown keys).
+    """
+    parts: list[Any] = []
+    node = raw
+    for i, part in enumerate(loc):
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if present:
+            parts.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            parts.append(part)
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    return text
+
+
+def _space_error(file: str, exc: ValidationError, raw: Any) -> SpaceError:
     """The first pydantic error as one line: ``file: key.path: message (got value)``."""
     err = exc.errors()[0]
     ctx = err.get("ctx") or {}
     loc = list(ctx.get("loc") or err["loc"])
     if err["type"] == "unknown_key":
         loc.append(ctx["key"])
-    # Drop the union tags pydantic puts in the location of a tagged union member.
-    from peftsearch.spaces._params import TAGS
-
-    parts = [p for i, p in enumerate(loc) if not (i > 0 and p in TAGS and loc[0] == "params")]
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    key = _key_path(loc, raw, keep_last=err["type"] in ("unknown_key", "missing", "at_key"))
     msg = err["msg"].removeprefix("Value error, ")
     value: Any = ...
     if err["type"] not in ("unknown_key", "at_key", "missing") and not isinstance(
@@ -125,21 +145,22 @@ def _check_paths(space: Space, file: str) -> None:
             raise SpaceError(file, key, "must be a model directory, not a file", value)
         return str(path)
 
+    def local_file(key: str, value: str) -> str:
+        """A split file: always local, resolved against the space file's folder."""
+        path = Path(value).expanduser()
+        if value.startswith("pkg://"):
+            return local(key, value)
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise SpaceError(file, key, "no such file", value)
+        return str(path.resolve())
+
     space.model.path = local("model.path", space.model.path, must_be_dir=True)
     if space.data.path is not None:
         space.data.path = local("data.path", space.data.path)
     if space.data.files is not None:
         files = space.data.files
-        files.train = _must_exist(local("data.files.train", files.train), file, "data.files.train")
-        if files.validation:
-            files.validation = _must_exist(
-                local("data.files.validation", files.validation), file, "data.files.validation"
-            )
-        if files.test:
-            files.test = _must_exist(local("data.files.test", files.test), file, "data.files.test")
-
-
-def _must_exist(resolved: str, file: str, key: str) -> str:
-    if not Path(resolved).exists():
-        raise SpaceError(file, key, "no such file", resolved)
-    return resolved
+        for split in ("train", "validation", "test"):
+            value = getattr(files, split)
+            if value:
+                setattr(files, split, local_file(f"data.files.{split}", value))

@@ -9,24 +9,45 @@ An entry is either a fixed value (``epochs: 1``) or a distribution::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
-    StrictBool,
-    StrictFloat,
     StrictInt,
     Tag,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
-class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(BaseModel):
+    """Base of every part of a space file: unknown keys are an error that lists the valid
+    ones; NaN and infinity are not numbers a space can hold."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            extra = sorted(str(k) for k in data if k not in cls.model_fields)
+            if extra:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key; valid keys here: {valid}",
+                    {"key": extra[0], "valid": ", ".join(cls.model_fields)},
+                )
+        return data
+
+
+class _Dist(Strict):
+    pass
 
 
 class FloatDist(_Dist):
@@ -71,16 +92,31 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError(f"`step` must be > 0, but got step={step}")
 
 
-Fixed = StrictBool | StrictInt | StrictFloat | str | list[str] | None
+def _fixed(value: Any) -> Any:
+    """A fixed entry: a scalar, null or a list of strings; ranges are checked by its Rule."""
+    scalar = value is None or isinstance(value, bool | int | float | str)
+    if not scalar and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ValueError(
+            "a fixed value is a number, a string, a list of strings or null; "
+            "a distribution is a mapping with `type`"
+        )
+    return value
+
+
+Fixed = Annotated[Any, AfterValidator(_fixed)]
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, dict) and "type" in value:
-        return str(value["type"]) if value["type"] in ("float", "int", "categorical") else "bad"
+    if isinstance(value, dict):  # a distribution; a missing or unknown `type` is reported
+        kind = value.get("type")
+        return kind if kind in ("float", "int", "categorical") else "bad"
     return "fixed"
 
 
-class _BadType(_Dist):
+class _BadType(BaseModel):
+    """A dict whose `type` is missing or unknown: report that, not its other keys."""
+
+    model_config = ConfigDict(extra="ignore")
     type: Literal["float", "int", "categorical"]
 
 
@@ -92,7 +128,6 @@ ParamSpec = Annotated[
     | Annotated[Fixed, Tag("fixed")],
     Discriminator(_kind),
 ]
-TAGS = ("float", "int", "categorical", "bad", "fixed")
 
 
 @dataclass(frozen=True)
@@ -101,8 +136,9 @@ class Rule:
 
     kind: Literal["int", "float", "str", "modules", "optional_int"]
     default: Any
-    low: float | None = None  # inclusive
+    low: float | None = None  # inclusive unless low_open
     high: float | None = None  # inclusive unless high_open
+    low_open: bool = False
     high_open: bool = False
     help: str = ""
 
@@ -127,8 +163,11 @@ class Rule:
             if not ok and not (isinstance(value, str) and value):
                 raise ValueError(f"must be a module name or a list of them, got {value!r}")
             return
-        if self.low is not None and value < self.low:
-            raise ValueError(f"must be >= {self.low}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            op = ">" if self.low_open else ">="
+            raise ValueError(f"must be {op} {self.low}, got {value!r}")
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):
             op = "<" if self.high_open else "<="
             raise ValueError(f"must be {op} {self.high}, got {value!r}")
@@ -139,8 +178,8 @@ RULES: dict[str, Rule] = {
     "template": Rule("str", None, help="name of a template under `templates:`"),
     "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
     "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
-    "learning_rate": Rule("float", 1e-3, low=0, help="AdamW peak learning rate"),
-    "lora_alpha": Rule("float", 16, low=0, help="LoRA scaling numerator (scale = alpha / r)"),
+    "learning_rate": Rule("float", 1e-3, low=0, low_open=True, help="AdamW peak learning rate"),
+    "lora_alpha": Rule("float", 16, low=0, low_open=True, help="LoRA scale numerator (alpha / r)"),
     "lora_dropout": Rule("float", 0.0, low=0, high=1, high_open=True),
     "target_modules": Rule("modules", None, help="LoRA targets; null = peft's default"),
     "epochs": Rule("int", 1, low=1, help="passes over the trial's train subset"),

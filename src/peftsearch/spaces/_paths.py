@@ -30,7 +30,7 @@ def package_file(uri: str) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise PathProblem(
-            f"package {package!r} is not installed (pip install --no-deps "
+            f"package {package!r} is not installed or is not a package (pip install --no-deps "
             f"{package.replace('_', '-')}), so {uri!r} cannot be found"
         )
     return Path(next(iter(spec.submodule_search_locations))) / sub

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from peftsearch.spaces._params import (
@@ -14,28 +14,12 @@ from peftsearch.spaces._params import (
     FloatDist,
     IntDist,
     ParamSpec,
+    Strict,
     check_param,
 )
 from peftsearch.spaces._templates import Template, check_template
 
-
-class _Section(BaseModel):
-    """Base of every section: unknown keys are an error that lists the valid ones."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            extra = sorted(str(k) for k in data if k not in cls.model_fields)
-            if extra:
-                raise PydanticCustomError(
-                    "unknown_key",
-                    "unknown key; valid keys here: {valid}",
-                    {"key": extra[0], "valid": ", ".join(cls.model_fields)},
-                )
-        return data
+_Section = Strict
 
 
 class ModelSpec(_Section):
@@ -58,9 +42,7 @@ class SplitSpec(_Section):
     @model_validator(mode="after")
     def _sum(self) -> SplitSpec:
         if self.validation + self.test >= 1:
-            raise ValueError(
-                f"validation + test must be < 1, got {self.validation} + {self.test}"
-            )
+            raise ValueError(f"validation + test must be < 1, got {self.validation} + {self.test}")
         return self
 
 
@@ -138,9 +120,9 @@ class Space(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Space:
-        for name, template in self.templates.items():
+        for name, tmpl in self.templates.items():
             try:
-                check_template(template, self.data.text_columns)
+                check_template(tmpl, self.data.text_columns)
             except ValueError as exc:
                 raise PydanticCustomError(
                     "at_key", "{msg}", {"msg": str(exc), "loc": ("templates", name)}
@@ -166,6 +148,7 @@ class Space(_Section):
             for name, value in config.items():
                 loc = ("study", "enqueue", i, name)
                 spec = searched.get(name)
+                msg: str | None
                 if name not in RULES:
                     msg = f"unknown parameter; valid: {', '.join(RULES)}"
                 elif not isinstance(spec, CategoricalDist | FloatDist | IntDist):
@@ -176,7 +159,9 @@ class Space(_Section):
                     raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
         template = self.params.get("template")
         if template is not None:
-            names = template.choices if isinstance(template, CategoricalDist) else [template]
+            names: list[Any] = (
+                template.choices if isinstance(template, CategoricalDist) else [template]
+            )
             unknown = [n for n in names if n not in self.templates]
             if unknown:
                 raise PydanticCustomError(
@@ -226,7 +211,9 @@ class Space(_Section):
 def _enqueue_problem(spec: CategoricalDist | FloatDist | IntDist, value: Any) -> str | None:
     """Why ``value`` is outside the distribution ``spec`` (None if inside)."""
     if isinstance(spec, CategoricalDist):
-        return None if value in spec.choices else f"{value!r} is not among the choices {spec.choices}"
+        return (
+            None if value in spec.choices else f"{value!r} is not among the choices {spec.choices}"
+        )
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {value!r}"
     if isinstance(spec, IntDist) and not isinstance(value, int):

@@ -26,7 +26,9 @@ def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
     try:
         parts = list(_FORMATTER.parse(text))
     except ValueError as exc:  # "Single '}' encountered", "unmatched '{'", ...
-        raise ValueError(f"template does not parse: {exc}; write literal braces as {{{{ }}}}") from exc
+        raise ValueError(
+            f"template does not parse: {exc}; write literal braces as {{{{ }}}}"
+        ) from exc
     fields = []
     for _, field, spec, conversion in parts:
         if field is None:

@@ -1,0 +1,61 @@
+"""Pareto rows from a study with known values; CSV and table output."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from peftsearch.reports import COLUMNS, pareto_rows, render_table, write_csv
+
+# (metric, params): the front is {A, B, D}; C is dominated by B, E by D.
+POINTS = {"A": (0.60, 800), "B": (0.75, 5_000), "C": (0.70, 9_000), "D": (0.80, 70_000),
+          "E": (0.80, 90_000)}
+
+
+def _study() -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("fixed_params", {"prompt_length": 0})
+    dists = {"template": CategoricalDistribution(["plain", "[b]bold[/b]"]),
+             "lora_r": CategoricalDistribution([0, 4]),
+             "learning_rate": FloatDistribution(1e-5, 1e-2, log=True)}
+    for i, (name, (metric, params)) in enumerate(POINTS.items()):
+        study.add_trial(optuna.trial.create_trial(
+            values=[metric, params], distributions=dists,
+            params={"template": "[b]bold[/b]" if name == "B" else "plain",
+                    "lora_r": 4 if params > 1000 else 0, "learning_rate": 1e-3 * (i + 1)},
+            user_attrs={"trainable_pct": params / 1e5, "train_seconds": 1.5,
+                        "template_text": f"tmpl {name}"},
+        ))
+    return study
+
+
+def test_rows_are_the_front_sorted_by_params() -> None:
+    rows = pareto_rows(_study())
+    assert [(r["metric"], r["trainable_params"]) for r in rows] == [
+        POINTS["A"], POINTS["B"], POINTS["D"]]
+    assert [r["trial"] for r in rows] == [0, 1, 3]
+    assert rows[0]["prompt_length"] == 0  # fixed params come from the study attribute
+    assert rows[1]["lora_r"] == 4 and rows[1]["template_text"] == "tmpl B"
+
+
+def test_csv_has_every_column_and_no_temp_file(tmp_path) -> None:
+    rows = pareto_rows(_study())
+    path = tmp_path / "sub" / "pareto.csv"
+    write_csv(rows, path)
+    with path.open() as f:
+        back = list(csv.DictReader(f))
+    assert list(back[0]) == COLUMNS
+    assert [int(r["trial"]) for r in back] == [0, 1, 3]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["pareto.csv"]
+
+
+def test_table_shows_user_text_literally() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render_table(pareto_rows(_study()), "accuracy"))
+    text = console.export_text()
+    assert "[b]bold[/b]" in text  # rich markup in a template name is not interpreted
+    assert "70,000" in text and "0.8000" in text
