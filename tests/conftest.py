@@ -34,7 +34,7 @@ def make_tiny_model(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = path / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
@@ -74,12 +74,12 @@ def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sentiment_csv(tmp_path_factory.mktemp("data") / "sentiment.csv")
 
 
-def space_dict(model: Path, data: Path, out_dir: Path, **sections: Any) -> dict[str, Any]:
+def space_dict(model: Path, data_file: Path, out_dir: Path, /, **sections: Any) -> dict[str, Any]:
     """A small valid space (tiny model, synthetic data); ``sections`` replace whole sections."""
     space: dict[str, Any] = {
         "model": {"path": str(model), "max_length": 32},
         "data": {
-            "path": str(data),
+            "path": str(data_file),
             "text_columns": ["text"],
             "label_column": "label",
             "labels": ["neg", "pos"],

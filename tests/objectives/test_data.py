@@ -42,8 +42,12 @@ def write_space(tmp_path: Path, tiny_model: Path, sentiment_csv: Path):
     return write
 
 
-def _space(write_space, data: dict[str, Any], templates: dict[str, Any] | None = None,
-           name: str = "space.yaml"):
+def _space(
+    write_space,
+    data: dict[str, Any],
+    templates: dict[str, Any] | None = None,
+    name: str = "space.yaml",
+):
     """A space over ``data`` (a whole data section); templates default to the first column."""
     if templates is None:
         templates = {"plain": "{" + data["text_columns"][0] + "}"}
@@ -67,8 +71,14 @@ def _frame(n: int = 200, seed: int = 0, pos_share: float = 0.5) -> pd.DataFrame:
 
 
 def _rows(splits) -> dict[str, list[int]]:
-    return {k: df["row"].tolist() for k, df in
-            (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+    return {
+        k: df["row"].tolist()
+        for k, df in (
+            ("train", splits.train),
+            ("validation", splits.validation),
+            ("test", splits.test),
+        )
+    }
 
 
 # --- splits made from one file -----------------------------------------------------------------
@@ -107,8 +117,9 @@ def test_splits_are_stratified(write_space, sentiment_csv: Path) -> None:
         assert abs(df["label"].mean() - share) <= 0.03
 
 
-def test_same_seed_same_rows_other_seed_other_rows(write_space, tiny_model, sentiment_csv,
-                                                   tmp_path) -> None:
+def test_same_seed_same_rows_other_seed_other_rows(
+    write_space, tiny_model, sentiment_csv, tmp_path
+) -> None:
     a = load_splits(load_space(write_space("a.yaml")))
     b = load_splits(load_space(write_space("b.yaml")))
     assert a.record["rows"] == b.record["rows"]
@@ -143,8 +154,9 @@ def test_trial_subsamples(write_space, tiny_model, sentiment_csv, tmp_path) -> N
     assert again.trial_eval["row"].tolist() == splits.trial_eval["row"].tolist()
 
 
-def test_subsample_larger_than_split_takes_all(write_space, tiny_model, sentiment_csv,
-                                               tmp_path) -> None:
+def test_subsample_larger_than_split_takes_all(
+    write_space, tiny_model, sentiment_csv, tmp_path
+) -> None:
     data = space_dict(tiny_model, sentiment_csv, tmp_path)["data"]
     data.update(train_size=10_000, eval_size=10_000)
     splits = load_splits(load_space(write_space(data=data)))
@@ -168,9 +180,17 @@ def test_record(write_space, sentiment_csv: Path) -> None:
     assert rec["rows"]["test"] == splits.test["row"].tolist()
     assert rec["rows"]["trial_train"] == splits.trial_train["row"].tolist()
     assert rec["rows"]["trial_eval"] == splits.trial_eval["row"].tolist()
-    assert rec["sizes"] == splits.summary() == {
-        "train": 320, "validation": 40, "test": 40, "trial_train": 160, "trial_eval": 40,
-    }
+    assert (
+        rec["sizes"]
+        == splits.summary()
+        == {
+            "train": 320,
+            "validation": 40,
+            "test": 40,
+            "trial_train": 160,
+            "trial_eval": 40,
+        }
+    )
     import json
 
     json.dumps(rec)  # splits.json is written from it
@@ -272,12 +292,6 @@ def test_rows_with_missing_text_are_dropped(write_space, tmp_path: Path) -> None
     assert everything["text"].notna().all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: the record note says empty texts are dropped, but only missing (NaN) texts are: "
-    "an empty string in a jsonl/parquet file stays (a csv reads it as NaN, so there it goes)",
-)
 def test_empty_texts_are_dropped_from_jsonl(write_space, tmp_path: Path) -> None:
     df = _frame(60)
     df.loc[[4, 7], "text"] = ""
@@ -338,7 +352,9 @@ def test_other_formats(write_space, tmp_path: Path, suffix: str) -> None:
     else:
         df.to_csv(path, sep="\t", index=False)
     splits = load_splits(_space(write_space, _data(path)))
-    assert splits.summary()["train"] + splits.summary()["validation"] + splits.summary()["test"] == 100
+    assert (
+        splits.summary()["train"] + splits.summary()["validation"] + splits.summary()["test"] == 100
+    )
     for part in (splits.train, splits.validation, splits.test):
         src = df.iloc[part["row"].tolist()]
         assert part["text"].tolist() == src["text"].tolist()
@@ -347,7 +363,11 @@ def test_other_formats(write_space, tmp_path: Path, suffix: str) -> None:
 
 
 def test_given_files_are_used_as_given(write_space, tmp_path: Path) -> None:
-    frames = {"train": _frame(80, seed=1), "validation": _frame(30, seed=2), "test": _frame(20, seed=3)}
+    frames = {
+        "train": _frame(80, seed=1),
+        "validation": _frame(30, seed=2),
+        "test": _frame(20, seed=3),
+    }
     files = {}
     for name, df in frames.items():
         files[name] = str(tmp_path / f"{name}.csv")
@@ -362,7 +382,11 @@ def test_given_files_are_used_as_given(write_space, tmp_path: Path) -> None:
         assert part["label"].tolist() == [LABELS.index(x) for x in df["label"]]
         assert part["row"].tolist() == list(range(len(df)))
     assert splits.summary() == {
-        "train": 80, "validation": 30, "test": 20, "trial_train": 80, "trial_eval": 30,
+        "train": 80,
+        "validation": 30,
+        "test": 20,
+        "trial_train": 80,
+        "trial_eval": 30,
     }
 
 
@@ -383,16 +407,28 @@ def test_given_train_and_validation_only_makes_test(write_space, tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model: Path):
-    from transformers import AutoTokenizer
+    from transformers import BertTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tiny_model))
+    # From the vocab file: on transformers 5 the tokenizer that conftest's make_tiny_model saves
+    # knows only the 5 special tokens (its ``vocab_file=`` argument is ignored), so every word
+    # would be [UNK] and these checks would compare runs of [UNK].
+    tok = BertTokenizer(vocab=str(tiny_model / "vocab.txt"), do_lower_case=True)
+    assert tok.convert_ids_to_tokens(tok("dull plot")["input_ids"]) == [
+        "[CLS]",
+        "dull",
+        "plot",
+        "[SEP]",
+    ]
+    return tok
 
 
 def test_encode_pads_to_the_longest_row(tokenizer) -> None:
-    df = pd.DataFrame({
-        "text": ["good", "the film was very boring and flat", "a fine story"],
-        "label": [1, 0, 1],
-    })
+    df = pd.DataFrame(
+        {
+            "text": ["good", "the film was very boring and flat", "a fine story"],
+            "label": [1, 0, 1],
+        }
+    )
     enc = encode(df, "review : {text}", tokenizer, 64, ["text"])
     alone = [tokenizer("review : " + t)["input_ids"] for t in df["text"]]
     lengths = [len(ids) for ids in alone]
@@ -402,8 +438,10 @@ def test_encode_pads_to_the_longest_row(tokenizer) -> None:
     assert enc.lengths.tolist() == enc.attention_mask.sum(1).tolist()
     for i, ids in enumerate(alone):  # right padding: the row, then pad tokens
         assert enc.input_ids[i, : lengths[i]].tolist() == ids
-        assert (enc.input_ids[i, lengths[i]:] == tokenizer.pad_token_id).all()
-        assert enc.attention_mask[i].tolist() == [1] * lengths[i] + [0] * (max(lengths) - lengths[i])
+        assert (enc.input_ids[i, lengths[i] :] == tokenizer.pad_token_id).all()
+        assert enc.attention_mask[i].tolist() == [1] * lengths[i] + [0] * (
+            max(lengths) - lengths[i]
+        )
     assert enc.labels.dtype == torch.long and enc.labels.tolist() == [1, 0, 1]
     assert enc.token_type_ids is not None and int(enc.token_type_ids.sum()) == 0
 
@@ -417,13 +455,16 @@ def test_encode_truncates_to_max_length(tokenizer) -> None:
 
 
 def test_encode_pair_template(tokenizer) -> None:
-    df = pd.DataFrame({
-        "premise": ["the film was good", "a plot"],
-        "hypothesis": ["it was fun", "the cast was very dull and flat"],
-        "label": [1, 0],
-    })
-    enc = encode(df, ["premise : {premise}", "{hypothesis}"], tokenizer, 64,
-                 ["premise", "hypothesis"])
+    df = pd.DataFrame(
+        {
+            "premise": ["the film was good", "a plot"],
+            "hypothesis": ["it was fun", "the cast was very dull and flat"],
+            "label": [1, 0],
+        }
+    )
+    enc = encode(
+        df, ["premise : {premise}", "{hypothesis}"], tokenizer, 64, ["premise", "hypothesis"]
+    )
     assert enc.token_type_ids is not None
     for i, row in df.iterrows():
         first = tokenizer("premise : " + row["premise"])["input_ids"]  # [CLS] ... [SEP]
@@ -444,7 +485,8 @@ def test_encode_pair_data_through_load_splits(write_space, tmp_path: Path, token
     path = tmp_path / "pairs.csv"
     df.to_csv(path, index=False)
     space = _space(
-        write_space, _data(path, text_columns=["text", "hypothesis"]),
+        write_space,
+        _data(path, text_columns=["text", "hypothesis"]),
         templates={"pair": ["{text}", "{hypothesis}"]},
     )
     splits = load_splits(space)

@@ -45,7 +45,8 @@ def batch(tiny_model: Path) -> dict[str, torch.Tensor]:
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     enc = tok(
         ["the film was good", "a dull and boring plot", "lovely cast", "the story was weak"],
-        padding=True, return_tensors="pt",
+        padding=True,
+        return_tensors="pt",
     )
     return {
         "input_ids": enc["input_ids"],
@@ -86,7 +87,9 @@ def test_prompt_only(base, k: int) -> None:
 @pytest.mark.parametrize(("r", "k"), [(2, 3), (4, 1)])
 def test_lora_and_prompt(base, r: int, k: int) -> None:
     model = build(base, PeftPlan(lora_r=r, prompt_length=k))
-    assert count_params(model) == 2 * LAYERS * r * 2 * HIDDEN + k * HIDDEN + HIDDEN * LABELS + LABELS
+    assert (
+        count_params(model) == 2 * LAYERS * r * 2 * HIDDEN + k * HIDDEN + HIDDEN * LABELS + LABELS
+    )
 
 
 @pytest.mark.parametrize("prompt", [0, 2])

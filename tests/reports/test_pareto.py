@@ -10,31 +10,50 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from peftsearch.reports import COLUMNS, pareto_rows, render_table, write_csv
 
 # (metric, params): the front is {A, B, D}; C is dominated by B, E by D.
-POINTS = {"A": (0.60, 800), "B": (0.75, 5_000), "C": (0.70, 9_000), "D": (0.80, 70_000),
-          "E": (0.80, 90_000)}
+POINTS = {
+    "A": (0.60, 800),
+    "B": (0.75, 5_000),
+    "C": (0.70, 9_000),
+    "D": (0.80, 70_000),
+    "E": (0.80, 90_000),
+}
 
 
 def _study() -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("fixed_params", {"prompt_length": 0})
-    dists = {"template": CategoricalDistribution(["plain", "[b]bold[/b]"]),
-             "lora_r": CategoricalDistribution([0, 4]),
-             "learning_rate": FloatDistribution(1e-5, 1e-2, log=True)}
+    dists = {
+        "template": CategoricalDistribution(["plain", "[b]bold[/b]"]),
+        "lora_r": CategoricalDistribution([0, 4]),
+        "learning_rate": FloatDistribution(1e-5, 1e-2, log=True),
+    }
     for i, (name, (metric, params)) in enumerate(POINTS.items()):
-        study.add_trial(optuna.trial.create_trial(
-            values=[metric, params], distributions=dists,
-            params={"template": "[b]bold[/b]" if name == "B" else "plain",
-                    "lora_r": 4 if params > 1000 else 0, "learning_rate": 1e-3 * (i + 1)},
-            user_attrs={"trainable_pct": params / 1e5, "train_seconds": 1.5,
-                        "template_text": f"tmpl {name}"},
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[metric, params],
+                distributions=dists,
+                params={
+                    "template": "[b]bold[/b]" if name == "B" else "plain",
+                    "lora_r": 4 if params > 1000 else 0,
+                    "learning_rate": 1e-3 * (i + 1),
+                },
+                user_attrs={
+                    "trainable_pct": params / 1e5,
+                    "train_seconds": 1.5,
+                    "template_text": f"tmpl {name}",
+                },
+            )
+        )
     return study
 
 
 def test_rows_are_the_front_sorted_by_params() -> None:
     rows = pareto_rows(_study())
     assert [(r["metric"], r["trainable_params"]) for r in rows] == [
-        POINTS["A"], POINTS["B"], POINTS["D"]]
+        POINTS["A"],
+        POINTS["B"],
+        POINTS["D"],
+    ]
     assert [r["trial"] for r in rows] == [0, 1, 3]
     assert rows[0]["prompt_length"] == 0  # fixed params come from the study attribute
     assert rows[1]["lora_r"] == 4 and rows[1]["template_text"] == "tmpl B"

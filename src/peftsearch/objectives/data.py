@@ -94,6 +94,8 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
             + ")",
         )
     df = df[[*spec.text_columns, spec.label_column]].dropna(subset=spec.text_columns)
+    blank = df[spec.text_columns].astype(str).apply(lambda col: col.str.strip() == "").any(axis=1)
+    df = df[~blank]  # empty or whitespace-only texts (csv reads "" as missing; jsonl does not)
     raw = df[spec.label_column]
     if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_integer_dtype(raw):
         ids = raw.astype("int64").where(raw.astype("int64").between(0, len(spec.labels) - 1))

@@ -44,6 +44,11 @@ def _prf(
             np.array([true_n.sum()]),
         )
     elif average == "binary":
+        if len(labels) > 2:
+            raise ValueError(
+                f"average='binary' needs two classes, found {len(labels)}; "
+                "set metric_kwargs: {average: macro} (or micro, weighted)"
+            )
         if pos_label not in labels:
             return 0.0, 0.0, 0.0
         i = int(np.searchsorted(labels, pos_label))
