@@ -167,3 +167,16 @@ def test_every_sampler_runs(write_space, sampler) -> None:
     outcome = run_study(space, show_progress=False)
     assert outcome.counts == {"complete": 2}
     assert type(open_study(space, create=False).sampler).__name__ != ""  # study reloads
+
+
+def test_changed_space_or_split_warns_on_resume(write_space, capsys) -> None:
+    path = write_space(study={"n_trials": 1})
+    run_study(load_space(path), show_progress=False)
+    assert "differ" not in capsys.readouterr().err
+    run_study(load_space(path, {"study.n_trials": 2}), show_progress=False)
+    assert "differ" not in capsys.readouterr().err  # a bigger budget is not a change
+    space = load_space(path, {"study.n_trials": 3, "params.batch_size": 8, "data.split.seed": 1})
+    run_study(space, show_progress=False)
+    err = capsys.readouterr().err
+    assert "params differ from the search space" in err
+    assert "data split differs" in err

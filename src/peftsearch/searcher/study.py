@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -127,11 +128,11 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
     }
     attrs = study.user_attrs
     if "search_space" in attrs and attrs["search_space"] != json.loads(json.dumps(searched)):
-        runner_note = (
-            "the search space differs from the one this study started with; "
-            "Optuna keeps the old trials, so compare them with care"
+        print(
+            f"warning: {space.file}: params differ from the search space this study started "
+            "with; its earlier trials stay, so compare them with care",
+            file=sys.stderr,
         )
-        print(f"warning: {space.file}: {runner_note}")
     if "search_space" not in attrs:
         splits = runner.splits
         study.set_user_attr("search_space", searched)
@@ -155,6 +156,12 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
     record = out / "splits.json"
     if not record.exists():
         _write_json_atomic(record, runner.splits.record)
+    elif json.loads(record.read_text(encoding="utf-8")).get("rows") != runner.splits.record["rows"]:
+        print(
+            f"warning: {space.file}: the data split differs from the one recorded in {record}; "
+            "earlier trials were scored on other rows",
+            file=sys.stderr,
+        )
 
 
 def _summary(params: dict[str, Any]) -> str:
