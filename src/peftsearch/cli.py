@@ -96,6 +96,8 @@ class _Run:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(outcome.counts.items()))
         print(f"study {outcome.study_name!r} in {outcome.storage}: {counts}")
         print(f"Pareto front: {outcome.output_dir / 'pareto.csv'} ({len(outcome.pareto)} trials)")
+        if outcome.report is not None:
+            print(f"report: {outcome.report}")
         print(f"browse: optuna-dashboard {outcome.storage}")
         if outcome.interrupted:
             print("interrupted: run the same command again to resume", file=sys.stderr)
@@ -103,7 +105,135 @@ class _Run:
         return 0
 
 
-COMMANDS: dict[str, Any] = {"validate": _Validate, "run": _Run}
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", help="the space YAML file of the study")
+    p.add_argument("--output", help="override output (the run directory)")
+    p.add_argument("--storage", help="override study.storage (an Optuna storage URL)")
+
+
+def _load_study(args: argparse.Namespace) -> tuple[Any, Any]:
+    from peftsearch.spaces import load_space
+
+    space = load_space(args.space, _space_overrides(args))
+    from peftsearch.searcher import open_study
+
+    return space, open_study(space, create=False)
+
+
+class _Report:
+    help = "write the HTML report of a study (from its storage alone)"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _study_arguments(p)
+        p.add_argument("--to", help="the HTML file (default: <output>/report.html)")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        space, study = _load_study(args)
+        from peftsearch.reports.html import write_report
+
+        to = Path(args.to).resolve() if args.to else space.output_dir / "report.html"
+        print(f"report: {write_report(study, to)}")
+        return 0
+
+
+class _Export:
+    help = "write a chosen trial's config for production training"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _study_arguments(p)
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--trial", type=int, help="the trial number")
+        which.add_argument(
+            "--pick",
+            nargs="+",
+            metavar="HOW",
+            help="knee | best | max-params P (the best Pareto trial with <= P parameters)",
+        )
+        p.add_argument("--to", help="the export directory (default: <output>/export/trial_N)")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        space, study = _load_study(args)
+        from peftsearch.reports.export import export_trial
+        from peftsearch.reports.select import pick_trial
+
+        if args.trial is not None:
+            number = args.trial
+        else:
+            how, rest = args.pick[0], args.pick[1:]
+            if (how == "max-params") != (len(rest) == 1) or len(rest) > 1:
+                raise UserError("--pick takes knee, best, or max-params P")
+            try:
+                budget = int(float(rest[0])) if rest else None
+                number = pick_trial(study, how, budget).number
+            except ValueError as exc:
+                raise UserError(f"--pick {' '.join(args.pick)}: {exc}") from None
+        to = Path(args.to).resolve() if args.to else space.output_dir / "export" / f"trial_{number}"
+        print(f"exported trial {number}: {export_trial(study, number, to)}")
+        return 0
+
+
+class _Train:
+    help = "train an exported config on the full train split; evaluate on the test split"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="EXPORT/config.yaml written by `search export`")
+        p.add_argument("--epochs", type=int, help="override the config's epochs")
+        p.add_argument("--to", help="where to save the model (default: beside the config, model/)")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        _quiet_libraries()
+        from peftsearch.objectives.production import train_exported
+
+        to = Path(args.to).resolve() if args.to else None
+        result = train_exported(Path(args.config), epochs=args.epochs, to=to)
+        for key, value in result.items():
+            print(f"{key}: {value}")
+        return 0
+
+
+class _Predict:
+    help = "predict labels with a model saved by `search train`"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model_dir", help="the directory `search train` saved")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+        src.add_argument("--file", help="a file with one text per line")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        import json
+
+        if args.file:
+            try:
+                texts = [x for x in Path(args.file).read_text(encoding="utf-8").splitlines() if x]
+            except OSError as exc:
+                raise UserError(f"{args.file}: {exc.strerror}") from None
+        else:
+            texts = args.text
+        _quiet_libraries()
+        from peftsearch.objectives.production import predict
+
+        for row in predict(Path(args.model_dir), texts):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+
+
+COMMANDS: dict[str, Any] = {
+    "validate": _Validate,
+    "run": _Run,
+    "report": _Report,
+    "export": _Export,
+    "train": _Train,
+    "predict": _Predict,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from peftsearch.searcher.storage import HEARTBEAT_SECONDS, mask_url, open_storag
 from peftsearch.searcher.suggest import fixed_params, suggest
 from peftsearch.spaces import Space
 
+REPORT_EVERY = 5  # refresh <output>/report.html after every this many finished trials
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # metric, params
 INTERRUPTED = "interrupted"  # user attr on a trial stopped by Ctrl-C
 
@@ -42,6 +43,7 @@ class RunOutcome:
     pareto: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     stopped_by_timeout: bool = False
+    report: Path | None = None
 
 
 def counts_toward_budget(trial: Any) -> bool:
@@ -164,6 +166,21 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
         )
 
 
+def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None:
+    """Write ``<out>/report.html``; a failure (e.g. plotly missing on a GPU host, where reports
+    are built later from the copied storage) is a note, never the end of the study."""
+    try:
+        from peftsearch.reports.html import write_report
+
+        return Path(write_report(study, out / "report.html"))
+    except Exception as exc:
+        note(
+            f"report not written ({type(exc).__name__}: {exc}); "
+            "rebuild it later with `search report`"
+        )
+        return None
+
+
 def _summary(params: dict[str, Any]) -> str:
     return (
         f"{params['template']} | prompt {params['prompt_length']} | r {params['lora_r']} | "
@@ -227,6 +244,7 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
     trials = study.get_trials(deepcopy=False)
     _requeue_interrupted(study, trials)
     done = sum(map(counts_toward_budget, trials))
+    finished_here = 0
     with StudyProgress(n_trials, min(done, n_trials), metric, show_progress) as prog:
         if done:
             prog.note(f"resuming study {space.study_name!r}: {done} of {n_trials} trials done")
@@ -286,8 +304,12 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
             best = study.best_trials
             top = max((t.values[0] for t in best), default=None)
             prog.trial_finished(line, min(done + 1, n_trials), top, len(best))
+            finished_here += 1
+            if finished_here % REPORT_EVERY == 0:
+                write_report_safely(study, out, prog.note)
     trials = study.get_trials(deepcopy=False)
     outcome.counts = state_counts(trials)
     outcome.pareto = pareto_rows(study)
     write_csv(outcome.pareto, out / "pareto.csv")
+    outcome.report = write_report_safely(study, out, lambda m: print(m, file=sys.stderr))
     return outcome
