@@ -180,3 +180,11 @@ def test_changed_space_or_split_warns_on_resume(write_space, capsys) -> None:
     err = capsys.readouterr().err
     assert "params differ from the search space" in err
     assert "data split differs" in err
+
+
+def test_timeout_stops_starting_new_trials(write_space) -> None:
+    space = load_space(write_space(study={"n_trials": 50, "timeout": 1e-9}))
+    outcome = run_study(space, show_progress=False)
+    assert outcome.stopped_by_timeout
+    assert outcome.counts == {}  # the budget was spent before the first trial could start
+    assert (space.output_dir / "pareto.csv").exists()
