@@ -21,16 +21,13 @@ COLUMNS = [
 ]
 
 
-def pareto_rows(study: Any, fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per Pareto-optimal trial (metric max, params min), fewest parameters first.
+def pareto_rows(study: Any) -> list[dict[str, Any]]:
+    """One row per Pareto-optimal trial (metric max, params min), fewest parameters first."""
+    from peftsearch.reports.trials import trial_params
 
-    ``fixed`` supplies values of parameters the space did not search (they are not in
-    ``trial.params``); by default they are read from the study's ``fixed_params`` attribute.
-    """
-    fixed = fixed if fixed is not None else study.user_attrs.get("fixed_params", {})
     rows = []
     for t in study.best_trials:
-        params = {**fixed, **t.params}
+        params = trial_params(study, t)
         rows.append(
             {
                 "trial": t.number,

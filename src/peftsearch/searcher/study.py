@@ -152,9 +152,10 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
             },
         )
         study.set_user_attr("base_params", runner.base_params)
-        study.set_user_attr(
-            "space", {**space.model_dump(mode="json", exclude={"params"}), "params": searched}
-        )
+        dump = space.model_dump(mode="json", exclude={"params"})
+        if dump["study"].get("storage"):  # readable by anyone with the database: no password
+            dump["study"]["storage"] = mask_url(dump["study"]["storage"])
+        study.set_user_attr("space", {**dump, "params": searched})
     record = out / "splits.json"
     if not record.exists():
         _write_json_atomic(record, runner.splits.record)
@@ -264,6 +265,7 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
                 continue
             trial = study.ask()
             params = suggest(trial, space)
+            trial.set_user_attr("params", params)  # all of them, fixed ones too
             prog.trial_started(trial.number, _summary(params))
             t0 = time.perf_counter()
             reason = None

@@ -1,0 +1,596 @@
+"""``search train`` and ``search predict``: an exported trial, trained for production and used.
+
+:func:`train_exported` reads the ``config.yaml`` that ``search export`` wrote, makes the same
+split the search made (same seed, so the test rows are the ones the search never touched), trains
+the configuration on the FULL train split with the search's own build and train loop, scores the
+test split, and saves a directory that plain ``transformers`` + ``peft`` code loads, no peftsearch
+import needed. The saved layout, by adapter:
+
+==============  ==================================================================================
+kind            files (besides the tokenizer, ``inference.json``, ``training.json``, ``load.py``)
+==============  ==================================================================================
+``lora``        ``adapter_config.json`` + ``adapter_model.safetensors``: a peft LoRA adapter (its
+                ``modules_to_save`` hold the trained classification head)
+``prompt``      the same for a peft prompt-tuning adapter (soft prompt + head)
+``lora+prompt`` the top directory is the outer prompt-tuning adapter (soft prompt + head);
+                ``lora/`` holds the LoRA injected beneath it, in peft's format
+                (``LoraConfig`` + ``get_peft_model_state_dict`` weights)
+``head``        a whole ``transformers`` model (base + trained head): a linear probe has no adapter
+==============  ==================================================================================
+
+Loading (:func:`load_model`, also written out as ``load.py`` in the saved directory): base model
+-> for ``lora+prompt``, ``inject_adapter_in_model(LoraConfig.from_pretrained(dir/lora))`` and
+``set_peft_model_state_dict`` -> ``PeftModel.from_pretrained(base, dir)``. :func:`load_model` and
+:func:`predict_texts` import nothing of peftsearch, so ``load.py`` is their source verbatim, and
+:func:`predict` runs exactly the code a user's script runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from peftsearch.errors import UserError
+
+FORMAT = "peftsearch-model/1"
+
+
+# -- plain loading: transformers + peft only (copied verbatim into load.py) ----------------------
+
+
+def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Load a model saved by ``search train``: returns (model in eval mode, tokenizer, info)."""
+    import torch
+    from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / "inference.json").read_text(encoding="utf-8"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = info["dtype"] if info["dtype"] == "auto" else getattr(torch, info["dtype"])
+    remote = info["trust_remote_code"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=remote)
+    if info["kind"] == "head":  # a linear probe: the whole model was saved
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=remote
+        )
+    else:
+        torch.manual_seed(info["seed"])  # weights the base checkpoint lacks: as in training
+        labels = info["labels"]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            info["base_model"],
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            dtype=dtype,
+            trust_remote_code=remote,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if info["kind"] == "lora+prompt":  # LoRA beneath the soft prompt: inject it, load it
+            lora_dir = model_dir / "lora"
+            model = inject_adapter_in_model(LoraConfig.from_pretrained(str(lora_dir)), model)
+            weights = load_file(lora_dir / "adapter_model.safetensors")
+            result: Any = set_peft_model_state_dict(model, weights)
+            missing = [k for k in result.missing_keys if "lora_" in k]
+            if result.unexpected_keys or missing:
+                bad = (result.unexpected_keys + missing)[:3]
+                raise ValueError(f"the LoRA weights in {lora_dir} do not fit the model: {bad}")
+        model = PeftModel.from_pretrained(model, model_dir)
+    model.to(device)
+    model.eval()
+    return model, tokenizer, info
+
+
+def predict_texts(
+    model: Any, tokenizer: Any, info: dict[str, Any], texts: list[str], batch_size: int = 64
+) -> list[dict[str, Any]]:
+    """Render the template on each text and classify: [{text, label, scores {label: prob}}].
+
+    With two text columns (a pair template), each text holds both, separated by a tab.
+    """
+    import torch
+
+    columns, template, labels = info["text_columns"], info["template"], info["labels"]
+    rendered: list[Any] = []
+    for text in texts:
+        values = text.split("\t", 1) if len(columns) == 2 else [text]
+        if len(values) != len(columns):
+            raise ValueError(f"{text!r}: give both {' and '.join(columns)}, separated by a tab")
+        row = dict(zip(columns, values, strict=True))
+        # Validated templates hold {column} slots only, so str.format renders them exactly.
+        if isinstance(template, str):
+            rendered.append(template.format(**row))
+        else:
+            rendered.append(tuple(segment.format(**row) for segment in template))
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rendered), batch_size):
+        chunk = rendered[start : start + batch_size]
+        pair = bool(chunk) and isinstance(chunk[0], tuple)
+        args = ([a for a, _ in chunk], [b for _, b in chunk]) if pair else (chunk,)
+        enc = tokenizer(
+            *args,
+            truncation=True,
+            max_length=info["max_length"],
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+        probs = logits.float().softmax(-1).cpu().tolist()
+        for text, p in zip(texts[start : start + batch_size], probs, strict=True):
+            best = max(range(len(labels)), key=lambda i: p[i])
+            out.append(
+                {"text": text, "label": labels[best], "scores": dict(zip(labels, p, strict=True))}
+            )
+    return out
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def _fixed_params(space: Any) -> dict[str, Any]:
+    from peftsearch.spaces import CategoricalDist, FloatDist, IntDist
+
+    params = space.search_params()
+    for name, spec in params.items():
+        if isinstance(spec, CategoricalDist | FloatDist | IntDist):
+            raise UserError(
+                f"{space.file}: params.{name}: `search train` needs fixed values, this is a "
+                "distribution; write a config with `search export` (or fix it by hand)"
+            )
+    modules = params.get("target_modules")
+    if isinstance(modules, str):
+        params["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
+    return params
+
+
+def _check_provenance(config: Path, record: dict[str, Any]) -> None:
+    """Warn when the data differ from what the exported study searched on."""
+    path = config.parent / "export.json"
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")).get("data") or {}
+    except (OSError, ValueError):
+        return
+    want, have = data.get("sha256"), record.get("sha256")
+    sizes = data.get("sizes") or {}
+    if (want and have and want != have) or (
+        sizes and sizes.get("test") not in (None, record["sizes"]["test"])
+    ):
+        print(
+            f"warning: {config}: the data differ from those the study searched on "
+            "(sha256 or split sizes changed); the test split may hold rows the search saw",
+            file=sys.stderr,
+        )
+
+
+def _progress(every: int) -> Any:
+    def on_step(step: int, total: int) -> None:
+        if step % every == 0 or step == total:
+            print(f"step {step}/{total}", file=sys.stderr, flush=True)
+
+    return on_step
+
+
+def train_exported(
+    config: Path, epochs: int | None = None, to: Path | None = None, quiet: bool = False
+) -> dict[str, Any]:
+    """Train an exported configuration on the full train split; score it on the test split.
+
+    Args:
+        config: the ``config.yaml`` of ``search export`` (any space file with fixed params).
+        epochs: passes over the full train split instead of the config's (clears max_steps).
+        to: where to save; default ``model/`` beside the config. It must not exist yet.
+        quiet: no step progress on stderr.
+
+    Returns:
+        metric name, test metric, validation metric, row counts, steps, seconds, saved path.
+
+    Raises:
+        UserError: a bad config, a searched (not fixed) parameter, data or model problems, or
+            ``to`` already exists.
+    """
+    import torch
+
+    from peftsearch.objectives.data import encode, load_splits
+    from peftsearch.objectives.metrics import check_metric, load_metric, score
+    from peftsearch.objectives.model import PeftPlan, build, count_params, load_base, pick_device
+    from peftsearch.objectives.runner import versions
+    from peftsearch.objectives.train import TrainConfig, evaluate_model, train
+    from peftsearch.reports.export import kind_of
+    from peftsearch.spaces import load_space, template_text
+
+    config = Path(config).expanduser().resolve()
+    overrides = {"params.epochs": epochs, "params.max_steps": None} if epochs is not None else {}
+    space = load_space(config, overrides)
+    params = _fixed_params(space)
+    file = str(space.file)
+    target = Path(to).expanduser().resolve() if to is not None else config.parent / "model"
+    if target.exists():
+        raise UserError(f"{target} already exists; remove it or choose another --to")
+    template = space.templates[params["template"]]
+    labels, seed = list(space.data.labels), space.study.seed
+    objectives = space.objectives
+    metric = load_metric(objectives.metric, file)
+    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(labels), file)
+
+    splits = load_splits(space)
+    _check_provenance(config, splits.record)
+    device = pick_device(space.model.device)
+    base, tokenizer = load_base(space.model, len(labels), seed, file)
+    base.to(device)
+    base.requires_grad_(False)
+    base_params = count_params(base, trainable=False)
+    torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
+    plan = PeftPlan(
+        lora_r=params["lora_r"],
+        lora_alpha=params["lora_alpha"],
+        lora_dropout=params["lora_dropout"],
+        target_modules=params["target_modules"],
+        prompt_length=params["prompt_length"],
+    )
+    model = build(base, plan)
+    del base
+    trainable = count_params(model)
+    model.to(device)
+    cols = (tokenizer, space.model.max_length, space.data.text_columns)
+    train_data = encode(splits.train, template, *cols)
+    cfg = TrainConfig(
+        learning_rate=params["learning_rate"],
+        batch_size=params["batch_size"],
+        epochs=params["epochs"],
+        max_steps=params["max_steps"],
+        weight_decay=params["weight_decay"],
+        warmup_ratio=params["warmup_ratio"],
+        seed=seed,
+    )
+    left = tokenizer.padding_side == "left"
+    total = cfg.total_steps(len(train_data))
+    on_step = None if quiet else _progress(max(1, total // 10))
+    stats = train(model, train_data, cfg, device, left, on_step)
+    del train_data
+    scores: dict[str, float] = {}
+    for split in ("validation", "test"):
+        df = getattr(splits, split)
+        enc = encode(df, template, *cols)
+        result = evaluate_model(model, enc, device, max(64, 2 * cfg.batch_size), left)
+        scores[split] = score(
+            metric,
+            objectives.metric,
+            result.predictions,
+            enc.labels.tolist(),
+            **objectives.metric_kwargs,
+        )
+    kind = kind_of(params)
+    info = {
+        "format": FORMAT,
+        "kind": kind,
+        "base_model": space.model.path,
+        "dtype": space.model.dtype,
+        "trust_remote_code": space.model.trust_remote_code,
+        "seed": seed,
+        "labels": labels,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "template": template,
+        "text_columns": list(space.data.text_columns),
+        "max_length": space.model.max_length,
+    }
+    name = objectives.metric
+    summary: dict[str, Any] = {
+        "metric": name,
+        f"test_{name}": round(scores["test"], 6),
+        f"validation_{name}": round(scores["validation"], 6),
+        "test_rows": len(splits.test),
+        "train_rows": len(splits.train),
+        **({"epochs": cfg.epochs} if cfg.max_steps is None else {"max_steps": cfg.max_steps}),
+        "train_steps": stats.steps,
+        "trainable_params": trainable,
+        "train_seconds": round(stats.seconds, 2),
+    }
+    record = {
+        **summary,
+        "params": params,
+        "template_text": template_text(template),
+        "base_params": base_params,
+        "device": str(device),
+        "data": {
+            "source": splits.record["source"],
+            "sha256": splits.record["sha256"],
+            "split": splits.record["split"],
+            "sizes": splits.summary(),
+            "rows": {k: splits.record["rows"][k] for k in ("train", "validation", "test")},
+        },
+        "config": str(config),
+        "versions": versions(),
+        "trained_at": time.time(),
+    }
+    probe = [_as_text(r, space.data.text_columns) for r in splits.test.head(16).to_dict("records")]
+    _save(model, tokenizer, info, record, target, probe)
+    summary["saved"] = str(target)
+    return summary
+
+
+def _as_text(row: dict[str, Any], columns: list[str]) -> str:
+    return "\t".join(str(row[c]) for c in columns)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _save(
+    model: Any,
+    tokenizer: Any,
+    info: dict[str, Any],
+    record: dict[str, Any],
+    to: Path,
+    probe: list[str],
+) -> None:
+    """Save into a temp dir beside ``to``, check that it reloads to the same predictions, and
+    rename it into place."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp"))
+    try:
+        kind = info["kind"]
+        if kind == "head":
+            labels = info["labels"]
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {n: i for i, n in enumerate(labels)}
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)  # the outer PeftModel: its adapter and the head
+            if kind == "lora+prompt":
+                _save_injected_lora(model, tmp / "lora", info["base_model"])
+        tokenizer.save_pretrained(tmp)
+        (tmp / "inference.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+        (tmp / "load.py").write_text(load_py(), encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(info, record), encoding="utf-8")
+        _check_reload(model, tokenizer, info, tmp, probe)
+        mask = _umask()
+        for path in tmp.rglob("*"):  # safetensors writes 0600; give every file the same mode
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
+        os.rename(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_injected_lora(model: Any, lora_dir: Path, base_model: str) -> None:
+    """The LoRA beneath the soft prompt, in peft's own format (config + adapter weights)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    inner = model.base_model  # the transformers model with LoRA layers injected
+    lora_config = copy.deepcopy(inner.peft_config["default"])
+    lora_config.base_model_name_or_path = base_model
+    lora_config.inference_mode = True
+    lora_dir.mkdir()
+    lora_config.save_pretrained(str(lora_dir))
+    state = get_peft_model_state_dict(inner, adapter_name="default")
+    # The head belongs to the outer adapter (modules_to_save); only LoRA tensors go here.
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if "lora_" in k}
+    if not weights:
+        raise RuntimeError("no LoRA weights found beneath the soft prompt")
+    save_file(weights, str(lora_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def _check_reload(
+    model: Any, tokenizer: Any, info: dict[str, Any], saved: Path, probe: list[str]
+) -> None:
+    """The saved directory, loaded the plain way, must predict what the trained model does."""
+    if not probe:
+        return
+    device = str(next(model.parameters()).device)
+    want = predict_texts(model, tokenizer, info, probe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
+        again, again_tok, again_info = load_model(saved, device)
+    got = predict_texts(again, again_tok, again_info, probe)
+    worst = max(
+        abs(a["scores"][k] - b["scores"][k])
+        for a, b in zip(want, got, strict=True)
+        for k in a["scores"]
+    )
+    if worst > 1e-4:
+        raise RuntimeError(
+            f"the saved model does not reproduce the trained one (max probability gap {worst:.2e})"
+        )
+
+
+# -- what is written beside the weights ------------------------------------------------------------
+
+
+def load_py() -> str:
+    """``load.py``: :func:`load_model` and :func:`predict_texts` verbatim, and a command line."""
+    return "\n".join(
+        [
+            '"""Load and run a model saved by `search train`: transformers + peft only, no '
+            "peftsearch.",
+            "",
+            "    python load.py 'a text to classify' 'another one'      # JSON lines",
+            "",
+            "or, in Python:",
+            "",
+            "    from load import load_model, predict_texts",
+            "    model, tokenizer, info = load_model('path/to/this/dir')",
+            "    predict_texts(model, tokenizer, info, ['a text'])",
+            '"""',
+            "",
+            "from __future__ import annotations",
+            "",
+            "import json",
+            "import sys",
+            "from pathlib import Path",
+            "from typing import Any",
+            "",
+            "",
+            inspect.getsource(load_model),
+            "",
+            inspect.getsource(predict_texts),
+            "",
+            'if __name__ == "__main__":',
+            "    from transformers.utils import logging",
+            "",
+            "    logging.set_verbosity_error()",
+            "    model, tokenizer, info = load_model(Path(__file__).resolve().parent)",
+            "    for row in predict_texts(model, tokenizer, info, sys.argv[1:]):",
+            "        print(json.dumps(row, ensure_ascii=False))",
+            "",
+        ]
+    )
+
+
+_SNIPPET = {
+    "head": """\
+model = AutoModelForSequenceClassification.from_pretrained(DIR)  # base + trained head""",
+    "lora": """\
+torch.manual_seed(info["seed"])
+base = AutoModelForSequenceClassification.from_pretrained(
+    info["base_model"], num_labels=len(info["labels"]))
+model = PeftModel.from_pretrained(base, DIR)  # LoRA + the trained head (modules_to_save)""",
+    "prompt": """\
+torch.manual_seed(info["seed"])
+base = AutoModelForSequenceClassification.from_pretrained(
+    info["base_model"], num_labels=len(info["labels"]))
+model = PeftModel.from_pretrained(base, DIR)  # soft prompt + the trained head""",
+    "lora+prompt": """\
+torch.manual_seed(info["seed"])
+base = AutoModelForSequenceClassification.from_pretrained(
+    info["base_model"], num_labels=len(info["labels"]))
+# 1. the LoRA beneath the soft prompt (peft has no single config for both)
+base = inject_adapter_in_model(LoraConfig.from_pretrained(f"{DIR}/lora"), base)
+set_peft_model_state_dict(base, load_file(f"{DIR}/lora/adapter_model.safetensors"))
+# 2. the soft prompt and the trained head, the outer PeftModel
+model = PeftModel.from_pretrained(base, DIR)""",
+}
+
+
+def _readme(info: dict[str, Any], record: dict[str, Any]) -> str:
+    kind, name = info["kind"], record["metric"]
+    layout = {
+        "head": "a whole transformers model (`config.json`, `model.safetensors`): the base with "
+        "its trained classification head; a linear probe has no adapter.",
+        "lora": "a peft LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`); the "
+        "trained classification head is in it as `modules_to_save`.",
+        "prompt": "a peft prompt-tuning adapter (`adapter_config.json`, "
+        "`adapter_model.safetensors`): the soft prompt and, as `modules_to_save`, the trained "
+        "classification head.",
+        "lora+prompt": "two peft adapters. peft has no single config for LoRA and a soft prompt "
+        "together; training injected LoRA into the base (`inject_adapter_in_model`) and wrapped "
+        "that with a prompt-tuning `PeftModel`. So the top directory is the outer prompt-tuning "
+        "adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt + trained "
+        "head), and `lora/` the LoRA beneath it (`adapter_config.json`: its `LoraConfig`; "
+        "`adapter_model.safetensors`: `get_peft_model_state_dict` of the injected model).",
+    }[kind]
+    template = json.dumps(info["template"], ensure_ascii=False)
+    column = info["text_columns"][0]
+    render = (
+        f'text = info["template"].format({column}=raw_text)'
+        if isinstance(info["template"], str)
+        else "first, second = (s.format(**row) for s in info['template'])  # row: both columns"
+    )
+    return "\n".join(
+        [
+            "# A model trained by `search train`",
+            "",
+            f"{name} on the test split: **{record[f'test_{name}']:.4f}** ({record['test_rows']} "
+            f"rows the search never saw); validation {record[f'validation_{name}']:.4f}. Trained "
+            f"on the full train split ({record['train_rows']} rows, {record['train_steps']} "
+            f"steps), {record['trainable_params']:,} trainable parameters.",
+            "",
+            f"Base model: `{info['base_model']}`. Labels: {', '.join(info['labels'])}. "
+            f"Template: `{template}`, rendered on the input text before tokenizing.",
+            "",
+            f"## Layout ({kind})",
+            "",
+            f"This directory is {layout} Beside it: the tokenizer; `inference.json` (base "
+            "model, labels as `id2label`, template, text columns, max_length, seed); "
+            "`training.json` (test and validation scores, hyperparameters, the row numbers of "
+            "the train/validation/test splits); `load.py` (the loading code below, runnable).",
+            "",
+            "## Use it",
+            "",
+            "```bash",
+            "search predict DIR --text 'some text'     # with peftsearch",
+            "python DIR/load.py 'some text'            # transformers + peft only",
+            "```",
+            "",
+            "Plain transformers + peft, no peftsearch:",
+            "",
+            "```python",
+            "import json, torch",
+            "from peft import LoraConfig, PeftModel, inject_adapter_in_model, "
+            "set_peft_model_state_dict",
+            "from safetensors.torch import load_file",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            'DIR = "path/to/this/dir"',
+            'info = json.load(open(f"{DIR}/inference.json"))',
+            "tokenizer = AutoTokenizer.from_pretrained(DIR)",
+            _SNIPPET[kind],
+            "model.eval()",
+            "",
+            "raw_text = 'some text'",
+            render,
+            'enc = tokenizer(text, truncation=True, max_length=info["max_length"], '
+            'return_tensors="pt")',
+            "with torch.no_grad():",
+            "    probs = model(**enc).logits.softmax(-1)[0]",
+            'print(info["labels"][int(probs.argmax())], probs.tolist())',
+            "```",
+            "",
+            "`torch.manual_seed(seed)` before loading the base makes any weight its checkpoint "
+            "lacks (besides the head, which is saved) start as it did in training.",
+            "",
+        ]
+    )
+
+
+# -- prediction -----------------------------------------------------------------------------------
+
+
+def predict(model_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
+    """Classify ``texts`` with a model saved by :func:`train_exported`.
+
+    Returns:
+        One dict per text: ``text``, ``label`` (the most probable), ``scores`` (softmax
+        probability by label name).
+
+    Raises:
+        UserError: not a directory saved by ``search train``, or a text that does not fit the
+            template (two text columns need a tab between them).
+    """
+    model_dir = Path(model_dir).expanduser()
+    info_file = model_dir / "inference.json"
+    if not info_file.is_file():
+        raise UserError(f"{model_dir}: not a model saved by `search train` (no inference.json)")
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{info_file}: not valid JSON: {exc}") from None
+    if info.get("format") != FORMAT:
+        raise UserError(f"{info_file}: unknown format {info.get('format')!r}; want {FORMAT}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
+        model, tokenizer, info = load_model(model_dir)
+    try:
+        return predict_texts(model, tokenizer, info, list(texts))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

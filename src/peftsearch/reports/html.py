@@ -1,0 +1,594 @@
+"""The HTML report: one self-contained file (plotly.js inlined once) drawn from
+:func:`peftsearch.reports.figures.compute_report`.
+
+Every piece of user text (template names and texts, labels, the study name, failure reasons,
+paths) is escaped, in the page and in plotly's hover and legend text alike: plotly renders a
+subset of HTML there, so ``<``, ``>`` and ``&`` must not reach it raw.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftsearch.reports.figures import (
+    History,
+    Importances,
+    LossCurve,
+    ParetoInfo,
+    ParetoPoint,
+    ReportData,
+    Summary,
+    TemplateMetrics,
+    compute_report,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+]
+FRONT, FADED, KNEE = "#d62728", "rgba(120,120,120,0.35)", "#111111"
+HEIGHT = 440
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #222; background: #fafafa; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; margin-top: 2.2em; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+p.lead { color: #555; margin-top: 0; }
+p.how { color: #555; font-size: 0.92em; margin: 4px 0 0; }
+p.note { color: #8a5a00; background: #fff6e0; padding: 8px 12px; border-radius: 4px; }
+.figure { background: #fff; border: 1px solid #e4e4e4; border-radius: 6px; padding: 8px; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+table { border-collapse: collapse; width: 100%; background: #fff; font-size: 0.9em; }
+th, td { border: 1px solid #e2e2e2; padding: 5px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.knee td { background: #fff3c4; }
+code { background: #f2f2f2; padding: 1px 4px; border-radius: 3px; word-break: break-all; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; }
+dl.facts dt { color: #666; }
+dl.facts dd { margin: 0; }
+"""
+
+
+def esc(value: Any) -> str:
+    """User text for an HTML page (quotes too: it may land in an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def pesc(value: Any) -> str:
+    """User text for plotly's text/hover/legend strings: ``<``, ``>`` and ``&`` escaped."""
+    return html.escape(str(value), quote=False)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.4g}"
+    return str(value)
+
+
+def _short(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _hover(p: ParetoPoint, metric: str) -> str:
+    """The hover text of one trial: objectives, then its whole config (escaped)."""
+    pct = f" ({p.pct:.3f}% of base)" if p.pct is not None else ""
+    lines = [
+        f"<b>trial {p.trial}</b>{' (dominated)' if p.dominated else ' (Pareto-optimal)'}",
+        f"{pesc(metric)}: {p.metric:.4f}",
+        f"trainable params: {p.params:,}{pct}",
+        f"template: {pesc(p.template)}",
+    ]
+    if "template_text" in p.config:
+        lines.append(f"text: {pesc(_short(str(p.config['template_text'])))}")
+    for key, value in p.config.items():
+        if key not in ("template", "template_text"):
+            lines.append(f"{pesc(key)}: {pesc(_num(value))}")
+    return "<br>".join(lines)
+
+
+def _figure_html(fig: Any, div_id: str) -> str:
+    return str(
+        fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=div_id,
+            config=PLOT_CONFIG,
+            default_width="100%",
+        )
+    )
+
+
+def _layout(fig: Any, **kwargs: Any) -> None:
+    fig.update_layout(
+        template="plotly_white",
+        height=kwargs.pop("height", HEIGHT),
+        margin={"l": 60, "r": 20, "t": 40, "b": 50},
+        hoverlabel={"align": "left"},
+        legend={"orientation": "h", "y": -0.18},
+        **kwargs,
+    )
+
+
+def _section(title: str, body: str, how: str = "", anchor: str = "") -> str:
+    anchor_attr = f' id="{anchor}"' if anchor else ""
+    how_html = f'<p class="how">{how}</p>' if how else ""
+    return f"<section{anchor_attr}><h2>{title}</h2>{body}{how_html}</section>"
+
+
+def _box(inner: str) -> str:
+    return f'<div class="figure">{inner}</div>'
+
+
+def _pareto_figure(info: ParetoInfo, metric: str) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for dominated, name, color, size in (
+        (True, "dominated", FADED, 8),
+        (False, "Pareto-optimal", FRONT, 11),
+    ):
+        pts = [p for p in info.points if p.dominated == dominated]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.params for p in pts],
+                y=[p.metric for p in pts],
+                customdata=[p.trial for p in pts],
+                hovertext=[_hover(p, metric) for p in pts],
+                hoverinfo="text",
+                mode="markers",
+                name=name,
+                meta="trials",
+                marker={"color": color, "size": size, "line": {"width": 0}},
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[x for x, _ in info.front],
+            y=[y for _, y in info.front],
+            mode="lines",
+            line_shape="hv",
+            line={"color": FRONT, "width": 2},
+            name="front",
+            meta="front",
+            hoverinfo="skip",
+        )
+    )
+    knee = next((p for p in info.points if p.trial == info.knee), None)
+    if knee is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[knee.params],
+                y=[knee.metric],
+                customdata=[knee.trial],
+                mode="markers",
+                name=f"knee (trial {knee.trial})",
+                meta="knee",
+                hovertext=[_hover(knee, metric)],
+                hoverinfo="text",
+                marker={
+                    "symbol": "star",
+                    "size": 20,
+                    "color": "#ffd000",
+                    "line": {"color": KNEE, "width": 1.5},
+                },
+            )
+        )
+        fig.add_annotation(
+            x=_log10(knee.params),
+            y=knee.metric,
+            text=f"knee: trial {knee.trial}",
+            showarrow=True,
+            arrowhead=2,
+            ax=40,
+            ay=40,
+        )
+    _layout(
+        fig,
+        xaxis={"type": "log", "title": {"text": "trainable parameters (log scale)"}},
+        yaxis={"title": {"text": pesc(metric)}},
+    )
+    return _figure_html(fig, "fig-pareto")
+
+
+def _log10(x: float) -> float:
+    return math.log10(max(x, 1))
+
+
+def _by_template_figure(info: ParetoInfo, names: list[str], metric: str) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, name in enumerate(names):
+        pts = [p for p in info.points if p.template == name]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.params for p in pts],
+                y=[p.metric for p in pts],
+                customdata=[p.trial for p in pts],
+                hovertext=[_hover(p, metric) for p in pts],
+                hoverinfo="text",
+                mode="markers",
+                name=pesc(name),
+                marker={
+                    "color": PALETTE[i % len(PALETTE)],
+                    "size": 10,
+                    "symbol": ["circle-open" if p.dominated else "circle" for p in pts],
+                    "line": {"width": 2},
+                },
+            )
+        )
+    _layout(
+        fig,
+        xaxis={"type": "log", "title": {"text": "trainable parameters (log scale)"}},
+        yaxis={"title": {"text": pesc(metric)}},
+    )
+    return _figure_html(fig, "fig-templates")
+
+
+def _distribution_figure(groups: list[TemplateMetrics], metric: str) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, g in enumerate(groups):
+        fig.add_trace(
+            go.Box(
+                y=g.metrics,
+                name=pesc(g.template),
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                customdata=g.trials,
+                hovertext=[
+                    f"<b>trial {n}</b><br>{pesc(metric)}: {m:.4f}<br>template: {pesc(g.template)}"
+                    for n, m in zip(g.trials, g.metrics, strict=True)
+                ],
+                hoverinfo="text",
+                marker={"color": PALETTE[i % len(PALETTE)], "size": 7},
+                line={"color": PALETTE[i % len(PALETTE)]},
+                showlegend=False,
+            )
+        )
+    _layout(fig, yaxis={"title": {"text": pesc(metric)}}, xaxis={"title": {"text": "template"}})
+    return _figure_html(fig, "fig-distribution")
+
+
+def _importance_block(imp: Importances, index: int) -> str:
+    import plotly.graph_objects as go
+
+    title = f"<h3>{esc(imp.objective)}</h3>"
+    note = f'<p class="note">{esc(imp.note)}</p>' if imp.note else ""
+    if not imp.values:
+        return _box(title + note)
+    names = list(imp.values)[::-1]  # most important on top
+    fig = go.Figure(
+        go.Bar(
+            x=[imp.values[n] for n in names],
+            y=[pesc(n) for n in names],
+            orientation="h",
+            marker={"color": PALETTE[index % len(PALETTE)]},
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    _layout(
+        fig,
+        height=max(220, 60 + 40 * len(names)),
+        xaxis={"title": {"text": "importance (sums to 1)"}, "range": [0, 1]},
+        yaxis={"automargin": True},
+        showlegend=False,
+    )
+    return _box(title + _figure_html(fig, f"fig-importance-{index}") + note)
+
+
+def _history_figure(h: History, metric: str) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=(f"{pesc(metric)}: each trial and best so far", "hypervolume so far"),
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=h.trials,
+            y=h.metric,
+            mode="markers",
+            name="trial",
+            marker={"color": FADED, "size": 8},
+            hovertemplate="trial %{x}: %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=h.trials,
+            y=h.best_metric,
+            mode="lines",
+            line_shape="hv",
+            name="best so far",
+            line={"color": PALETTE[0], "width": 2},
+            hovertemplate="after trial %{x}: best %{y:.4f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=h.trials,
+            y=h.hypervolume,
+            mode="lines+markers",
+            line_shape="hv",
+            name="hypervolume",
+            line={"color": PALETTE[2], "width": 2},
+            hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    _layout(fig, height=560)
+    span = (h.trials[-1] - h.trials[0]) if h.trials else 0
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(span / 10)))  # whole trial numbers
+    fig.update_xaxes(title_text="trial number", row=2, col=1)
+    fig.update_yaxes(title_text=pesc(metric), row=1, col=1)
+    fig.update_yaxes(title_text=f"{pesc(metric)} × decades", row=2, col=1)
+    return _figure_html(fig, "fig-history")
+
+
+def _curves_figure(curves: list[LossCurve]) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    # Faded first so the Pareto curves are drawn on top.
+    for c in sorted(curves, key=lambda c: (c.pareto, c.trial)):
+        fig.add_trace(
+            go.Scatter(
+                x=c.steps,
+                y=c.losses,
+                mode="lines",
+                name=f"trial {c.trial} ({pesc(c.template)})",
+                customdata=[c.trial] * len(c.steps),
+                line={"color": FRONT if c.pareto else FADED, "width": 2.5 if c.pareto else 1},
+                showlegend=c.pareto,
+                hovertemplate=(
+                    f"trial {c.trial} ({pesc(c.template)})<br>"
+                    "step %{x}: loss %{y:.4f}<extra></extra>"
+                ),
+            )
+        )
+    _layout(
+        fig,
+        xaxis={"title": {"text": "training step"}},
+        yaxis={"title": {"text": "train loss"}},
+    )
+    return _figure_html(fig, "fig-curves")
+
+
+def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
+    head = (
+        f"<tr><th>trial</th><th>{esc(metric)}</th><th>trainable params</th><th>% of base</th>"
+        "<th>template</th><th>prompt_length</th><th>lora_r</th><th>learning_rate</th>"
+        "<th>train s</th><th>template text</th></tr>"
+    )
+    body = []
+    for r in rows:
+        is_knee = r["trial"] == knee
+        pct, secs = r["trainable_pct"], r["train_seconds"]
+        body.append(
+            f"<tr{' class=knee' if is_knee else ''}>"
+            f'<td class="num">{r["trial"]}{" ★ knee" if is_knee else ""}</td>'
+            f'<td class="num">{r["metric"]:.4f}</td>'
+            f'<td class="num">{r["trainable_params"]:,}</td>'
+            f'<td class="num">{"" if pct is None else f"{pct:.3f}"}</td>'
+            f"<td>{esc(r['template'])}</td>"
+            f'<td class="num">{esc(_num(r["prompt_length"]))}</td>'
+            f'<td class="num">{esc(_num(r["lora_r"]))}</td>'
+            f'<td class="num">{esc(_num(r["learning_rate"]))}</td>'
+            f'<td class="num">{"" if secs is None else f"{secs:.1f}"}</td>'
+            f"<td><code>{esc(r['template_text'] or '')}</code></td></tr>"
+        )
+    return f'<table id="pareto-table">{head}{"".join(body)}</table>'
+
+
+def _json(value: Any) -> str:
+    return esc(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def _facts(s: Summary) -> str:
+    c = s.counts
+    counts = (
+        f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
+        f"{c['running']} running, {c['waiting']} waiting"
+    )
+    sizes = ", ".join(f"{esc(k)} {v:,}" for k, v in s.split_sizes.items())
+    budget = ", ".join(f"{esc(k)} {esc(_num(v))}" for k, v in s.budget.items() if v is not None)
+    sampler = "; ".join(
+        esc(v) if k == "sampler" else f"{esc(k)} {_json(v)}"
+        for k, v in s.sampler.items()
+        if not (k == "sampler_kwargs" and not v)
+    )
+    space = "<br>".join(f"<code>{esc(k)}</code>: {_json(v)}" for k, v in s.search_space.items())
+    versions = "<br>".join(
+        ", ".join(f"{esc(k)} {esc(v)}" for k, v in vs.items())
+        + (f" (trials {', '.join(map(str, ns))})" if len(s.versions) > 1 else "")
+        for vs, ns in s.versions
+    )
+    items = [
+        ("trials", counts),
+        ("model", f"<code>{esc(s.model)}</code>" if s.model else ""),
+        ("base parameters", f"{s.base_params:,}" if s.base_params else ""),
+        ("data", f"<code>{esc(s.data_source)}</code>" if s.data_source else ""),
+        ("data sha256", f"<code>{esc(s.data_sha256)}</code>" if s.data_sha256 else ""),
+        ("labels", ", ".join(f"<code>{esc(x)}</code>" for x in s.labels)),
+        ("split sizes", sizes),
+        ("split", _json(s.split) if s.split else ""),
+        ("budget per trial", budget),
+        ("sampler", sampler),
+        ("search space", space),
+        ("total compute", f"{s.compute_seconds:,.1f} s (sum of trial times)"),
+        ("devices", ", ".join(esc(d) for d in s.devices)),
+        ("versions", versions),
+    ]
+    return (
+        '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items if v) + "</dl>"
+    )
+
+
+def _failures(s: Summary) -> str:
+    if not s.failures:
+        return "<p>No trial failed.</p>"
+    rows = "".join(
+        f'<tr><td class="num">{n}</td><td><code>{esc(reason)}</code></td></tr>'
+        for reason, n in s.failures
+    )
+    return f'<table id="failures"><tr><th>trials</th><th>reason</th></tr>{rows}</table>'
+
+
+def render(data: ReportData) -> str:
+    """The whole page as a string (plotly.js inlined once, in the head)."""
+    from plotly.offline import get_plotlyjs
+
+    s, metric = data.summary, data.summary.metric
+    parts = [
+        _section("Summary", _facts(s)),
+    ]
+    if data.pareto.points:
+        names = [g.template for g in data.templates]
+        parts += [
+            _section(
+                "Pareto front",
+                _box(_pareto_figure(data.pareto, metric)),
+                f"Each dot is a completed trial: {esc(metric)} (up is better) against trainable "
+                "parameters on a log scale (left is cheaper). Red dots are Pareto-optimal (no "
+                "other trial beats them on one objective without losing on the other); grey "
+                "ones are dominated. The red "
+                "staircase is the front; the star is its knee, the best trade-off (the pick of "
+                "<code>export --pick knee</code>). Hover a dot for its whole configuration.",
+                "pareto",
+            ),
+            _section(
+                "Pareto-optimal trials",
+                _table(data.table, data.pareto.knee, metric),
+                "The trials on the front, fewest trainable parameters first; the knee is "
+                "highlighted.",
+            ),
+            _section(
+                "Trials by template",
+                _box(_by_template_figure(data.pareto, names, metric)),
+                "The same trials coloured by prompt template; filled dots are Pareto-optimal, "
+                "open ones dominated. Click a legend entry to hide a template.",
+            ),
+            _section(
+                f"{esc(metric)} per template",
+                _box(_distribution_figure(data.templates, metric)),
+                "The spread of the metric over all trials of each template (box: quartiles and "
+                "median; every trial is a dot). A template whose box sits higher tends to work "
+                "better whatever the other settings.",
+            ),
+            _section(
+                "Parameter importances",
+                '<div class="grid">'
+                + "".join(_importance_block(imp, i) for i, imp in enumerate(data.importances))
+                + "</div>",
+                "How much each searched parameter decides reaching the best values of each "
+                "objective (Optuna's PED-ANOVA on the completed trials; a longer bar matters "
+                "more). With few trials these are noisy.",
+            ),
+            _section(
+                "Optimization history",
+                _box(_history_figure(data.history, metric)),
+                f"Top: each trial's {esc(metric)} and the best so far. Bottom: the hypervolume of "
+                f"the front so far, the area the front dominates in ({esc(metric)}, log10 "
+                f"params) up to the reference point ({esc(metric)} "
+                f"{data.history.reference[0]:g}, {data.history.reference[1]:,.0f} params, the "
+                "base model's size); it grows whenever a trial improves the front. A flat tail "
+                "means recent trials found nothing new.",
+            ),
+        ]
+        if data.curves:
+            parts.append(
+                _section(
+                    "Training loss",
+                    _box(_curves_figure(data.curves)),
+                    "The train loss of each trial by training step (averaged between points). "
+                    "Red: Pareto-optimal trials; grey: the others. A curve that does not fall "
+                    "suggests a learning rate too low, one that jumps up one too high.",
+                )
+            )
+    else:
+        parts.append(
+            _section(
+                "Pareto front", '<p class="note">No trial has completed yet.</p>', "", "pareto"
+            )
+        )
+    parts.append(
+        _section(
+            "Failures",
+            _failures(s),
+            "Every distinct reason a trial failed, with how many trials it stopped.",
+        )
+    )
+    title = f"peftsearch report: {esc(s.study_name)}"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        "</head><body><main>"
+        f"<h1>{title}</h1>"
+        f'<p class="lead">{esc(metric)} (maximized) against trainable parameters (minimized); '
+        f"{s.counts['complete']} completed trials.</p>" + "".join(parts) + "</main></body></html>\n"
+    )
+
+
+def write_report(study: optuna.Study, path: Path) -> Path:
+    """Write the HTML report of ``study`` to ``path`` atomically and return ``path``.
+
+    The file is self-contained (plotly.js is inlined) and opens offline. The study's storage
+    URL is not in it.
+    """
+    page = render(compute_report(study))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file private (0600); a report is meant to be shared and opened.
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,23 @@
+"""Every parameter a trial ran with, read back from the study."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftsearch.spaces import RULES
+
+
+def trial_params(study: Any, trial: Any) -> dict[str, Any]:
+    """The trial's full parameters: its ``params`` user attribute (stored since 0.1.0 by
+    ``search run``), else RULES defaults < the study's fixed params < the searched ones."""
+    stored = trial.user_attrs.get("params")
+    if isinstance(stored, dict):
+        params = {name: rule.default for name, rule in RULES.items()} | stored
+    else:
+        params = {name: rule.default for name, rule in RULES.items()}
+        params.update(study.user_attrs.get("fixed_params", {}))
+        params.update(trial.params)
+    modules = params.get("target_modules")
+    if isinstance(modules, str):  # searched lists are stored comma-joined
+        params["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
+    return {name: params[name] for name in RULES}
