@@ -80,6 +80,17 @@ class PeftPlan:
     target_modules: list[str] | None = None
     prompt_length: int = 0
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PeftPlan:
+        """The plan of a trial's parameter dict (keys of ``peftsearch.spaces.RULES``)."""
+        return cls(
+            lora_r=params["lora_r"],
+            lora_alpha=params["lora_alpha"],
+            lora_dropout=params["lora_dropout"],
+            target_modules=params["target_modules"],
+            prompt_length=params["prompt_length"],
+        )
+
 
 def build(base: Any, plan: PeftPlan) -> Any:
     """A fresh copy of ``base`` with the plan's adapters; only they and the head train."""

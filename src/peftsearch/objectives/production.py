@@ -235,28 +235,14 @@ def train_exported(
     base.requires_grad_(False)
     base_params = count_params(base, trainable=False)
     torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
-    plan = PeftPlan(
-        lora_r=params["lora_r"],
-        lora_alpha=params["lora_alpha"],
-        lora_dropout=params["lora_dropout"],
-        target_modules=params["target_modules"],
-        prompt_length=params["prompt_length"],
-    )
+    plan = PeftPlan.from_params(params)
     model = build(base, plan)
     del base
     trainable = count_params(model)
     model.to(device)
     cols = (tokenizer, space.model.max_length, space.data.text_columns)
     train_data = encode(splits.train, template, *cols)
-    cfg = TrainConfig(
-        learning_rate=params["learning_rate"],
-        batch_size=params["batch_size"],
-        epochs=params["epochs"],
-        max_steps=params["max_steps"],
-        weight_decay=params["weight_decay"],
-        warmup_ratio=params["warmup_ratio"],
-        seed=seed,
-    )
+    cfg = TrainConfig.from_params(params, seed)
     left = tokenizer.padding_side == "left"
     total = cfg.total_steps(len(train_data))
     on_step = None if quiet else _progress(max(1, total // 10))

@@ -128,26 +128,12 @@ class TrialRunner:
         model = None
         try:
             torch.manual_seed(seed)  # adapter init and dropout: same params + seed, same result
-            plan = PeftPlan(
-                lora_r=params["lora_r"],
-                lora_alpha=params["lora_alpha"],
-                lora_dropout=params["lora_dropout"],
-                target_modules=params["target_modules"],
-                prompt_length=params["prompt_length"],
-            )
+            plan = PeftPlan.from_params(params)
             model = build(self._base, plan)
             trainable = count_params(model)
             model.to(device)
             train_data, eval_data = self.encoded(params["template"])
-            cfg = TrainConfig(
-                learning_rate=params["learning_rate"],
-                batch_size=params["batch_size"],
-                epochs=params["epochs"],
-                max_steps=params["max_steps"],
-                weight_decay=params["weight_decay"],
-                warmup_ratio=params["warmup_ratio"],
-                seed=seed,
-            )
+            cfg = TrainConfig.from_params(params, seed)
             left = self._tokenizer.padding_side == "left"
             stats = train(model, train_data, cfg, device, left, on_step)
             result = evaluate_model(model, eval_data, device, max(64, 2 * cfg.batch_size), left)

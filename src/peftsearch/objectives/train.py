@@ -31,6 +31,19 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: float = 1.0
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any], seed: int) -> TrainConfig:
+        """The training settings of a trial's parameter dict."""
+        return cls(
+            learning_rate=params["learning_rate"],
+            batch_size=params["batch_size"],
+            epochs=params["epochs"],
+            max_steps=params["max_steps"],
+            weight_decay=params["weight_decay"],
+            warmup_ratio=params["warmup_ratio"],
+            seed=seed,
+        )
+
     def total_steps(self, n: int) -> int:
         if self.max_steps is not None:
             return self.max_steps
