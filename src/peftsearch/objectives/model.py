@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from peftsearch.errors import SpaceError
@@ -51,18 +52,40 @@ def load_base(
         model = AutoModelForSequenceClassification.from_pretrained(
             spec.path, num_labels=num_labels, dtype=dtype, **kwargs
         )
-    except OSError as exc:
-        hint = ""
-        if "offline" in str(exc).lower() or "connect" in str(exc).lower():
-            hint = " (no network: use a local directory or pkg://PACKAGE/dir)"
-        raise SpaceError(
-            file, "model.path", f"cannot load the model{hint}: {exc}", spec.path
-        ) from None
+    except (OSError, ValueError) as exc:  # transformers says "no model here" with both
+        raise model_error(file, spec.path, exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _offline(exc: BaseException) -> bool:
+    """True when a load failed for want of network (HF_HUB_OFFLINE, or no connection)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, ConnectionError) or "offline" in text or "connect" in text
+
+
+def model_error(file: str, path: str, exc: BaseException) -> SpaceError:
+    """One line for a ``model.path`` that does not load: an offline hub id, a folder with no
+    model in it, or the library's own reason."""
+    local = Path(path)
+    if local.is_dir() and not (local / "config.json").is_file():
+        return SpaceError(file, "model.path", "no model in this directory (no config.json)", path)
+    if not local.exists() and _offline(exc):
+        return SpaceError(
+            file,
+            "model.path",
+            "no network: a hub id cannot be downloaded and is not in the local cache; "
+            "use a local path (a model directory or pkg://PACKAGE/dir)",
+            path,
+        )
+    return SpaceError(file, "model.path", f"cannot load the model: {exc}", path)
 
 
 def count_params(model: Any, trainable: bool = True) -> int:

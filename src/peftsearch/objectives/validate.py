@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import load_splits
-from peftsearch.objectives.metrics import check_metric, load_metric
+from peftsearch.objectives.model import model_error
 from peftsearch.spaces import CategoricalDist, IntDist, Space, render
 
 
@@ -23,8 +23,6 @@ def _max_prompt_length(space: Space) -> int:
 def check_space(space: Space) -> Iterator[str]:
     """Load data splits, tokenizer and model config; render and tokenize every template on the
     first train row. Yields report lines; raises SpaceError on the first problem."""
-    from transformers import AutoConfig, AutoTokenizer
-
     file = str(space.file)
     splits = load_splits(space)
     sizes = splits.summary()
@@ -37,14 +35,14 @@ def check_space(space: Space) -> Iterator[str]:
     yield "labels (train): " + ", ".join(
         f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels)
     )
+    from transformers import AutoConfig, AutoTokenizer  # imports torch: after the data checks
+
     kwargs = {"trust_remote_code": space.model.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(space.model.path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(space.model.path, **kwargs)
-    except OSError as exc:
-        raise SpaceError(
-            file, "model.path", f"cannot load the model: {exc}", space.model.path
-        ) from None
+    except (OSError, ValueError) as exc:
+        raise model_error(file, space.model.path, exc) from None
     limit = getattr(config, "max_position_embeddings", None)
     longest = space.model.max_length + _max_prompt_length(space)
     if limit is not None and longest > limit:
@@ -55,6 +53,8 @@ def check_space(space: Space) -> Iterator[str]:
             f"{limit} positions",
         )
     yield f"model: {config.model_type}, {space.model.path}"
+    from peftsearch.objectives.metrics import check_metric, load_metric  # imports evaluate: slow
+
     objectives = space.objectives
     metric = load_metric(objectives.metric, file)
     check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)

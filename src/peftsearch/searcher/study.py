@@ -5,31 +5,52 @@ with a recorded reason (the config itself failed: NaN loss, out of memory, an ex
 Trials that ended because their worker went away (Ctrl-C, kill -9) do not count; their
 parameters are enqueued again and run first. So re-running the same command resumes the study
 and runs only what is missing, and a killed run loses nothing.
+
+Many workers (processes on one host, or ``search run`` on several hosts sharing a PostgreSQL
+storage) run this same loop on one study and together run exactly ``n_trials`` trials that
+count: see :func:`run_trials` for how a worker takes a slot of the budget.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from peftsearch.errors import SpaceError, TrialFailed, UserError
+from peftsearch.searcher import storage as storage_mod
+from peftsearch.searcher.artifacts import upload_study_artifacts, upload_trial_artifacts
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.samplers import make_sampler
-from peftsearch.searcher.storage import HEARTBEAT_SECONDS, mask_url, open_storage
+from peftsearch.searcher.storage import (
+    Admission,
+    display_url,
+    journal_path,
+    mask_url,
+    open_storage,
+    resolve_url,
+    sqlite_path,
+)
 from peftsearch.searcher.suggest import fixed_params, suggest
 from peftsearch.spaces import Space
 
 REPORT_EVERY = 5  # refresh <output>/report.html after every this many finished trials
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # metric, params
 INTERRUPTED = "interrupted"  # user attr on a trial stopped by Ctrl-C
+WAIT_SECONDS = 2.0  # budget taken by running trials: look again this often (or every half beat)
 
 
 @dataclass
@@ -91,38 +112,82 @@ def open_study(space: Space, create: bool = True) -> Any:
     False and the study is missing: that raises UserError)."""
     import optuna
 
-    url = space.storage_url
-    try:
-        storage = open_storage(url)
-        if not create:
-            return optuna.load_study(study_name=space.study_name, storage=storage)
-        return optuna.create_study(
-            study_name=space.study_name,
-            storage=storage,
-            directions=DIRECTIONS,
-            load_if_exists=True,
+    url = resolve_url(space)
+    journal = journal_path(url)
+    if not create and journal is not None and not journal.is_file():
+        raise UserError(
+            f"{space.file}: no study {space.study_name!r}: {journal} does not exist; "
+            "run `search run` first"
         )
+    lock = None
+    try:
+        # Opening an RDB storage creates Optuna's tables if they are missing: workers starting
+        # together on a fresh database (or `search report` while `search run` starts) would
+        # all create them at once.
+        lock = Admission(url, None)
+        with lock():
+            if not create:
+                return optuna.load_study(study_name=space.study_name, storage=open_storage(url))
+            return optuna.create_study(
+                study_name=space.study_name,
+                storage=open_storage(url),
+                directions=DIRECTIONS,
+                load_if_exists=True,
+            )
     except KeyError:
         raise UserError(
             f"{space.file}: no study {space.study_name!r} in {mask_url(url)}; "
             "run `search run` first"
         ) from None
     except Exception as exc:  # sqlalchemy/driver errors: say what, never show the password
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        from sqlalchemy.engine import make_url
-
-        try:
-            password = make_url(url).password
-        except Exception:
-            password = None
-        if password:
-            msg = msg.replace(str(password), "***")
-        raise UserError(
-            f"{space.file}: study.storage: cannot open {mask_url(url)}: {msg}"
-        ) from None
+        raise _storage_error(space, url, exc) from None
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
+def _storage_error(space: Space, url: str, exc: BaseException) -> UserError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        msg = msg.replace(str(password), "***")
+    return UserError(f"{space.file}: study.storage: cannot open {mask_url(url)}: {msg}")
+
+
+def check_storage(space: Space) -> None:
+    """Fail on a storage that cannot be reached, before any file or study is made: a database
+    server must answer, and a SQLite or journal file outside the output directory must have
+    its directory."""
+    url = resolve_url(space)
+    path = journal_path(url) or sqlite_path(url)
+    if path is not None:
+        folder, out = path.parent.resolve(), space.output_dir.resolve()
+        if folder != out and out not in folder.parents and not folder.is_dir():
+            raise _storage_error(space, url, FileNotFoundError(f"no directory {folder}"))
+        return
+    if url.startswith("sqlite"):
+        return  # in memory
+    try:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        sqlalchemy.create_engine(url, poolclass=NullPool).connect().close()
+    except Exception as exc:
+        raise _storage_error(space, url, exc) from None
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def _record_study(
+    study: Any, space: Space, runner: Any, out: Path, warn: Callable[[str], None] = _warn
+) -> None:
     """Study-level attributes (once), the split record, and a warning if the space changed."""
     searched = {
         k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
@@ -130,10 +195,9 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
     }
     attrs = study.user_attrs
     if "search_space" in attrs and attrs["search_space"] != json.loads(json.dumps(searched)):
-        print(
-            f"warning: {space.file}: params differ from the search space this study started "
-            "with; its earlier trials stay, so compare them with care",
-            file=sys.stderr,
+        warn(
+            f"{space.file}: params differ from the search space this study started "
+            "with; its earlier trials stay, so compare them with care"
         )
     if "search_space" not in attrs:
         splits = runner.splits
@@ -160,10 +224,9 @@ def _record_study(study: Any, space: Space, runner: Any, out: Path) -> None:
     if not record.exists():
         _write_json_atomic(record, runner.splits.record)
     elif json.loads(record.read_text(encoding="utf-8")).get("rows") != runner.splits.record["rows"]:
-        print(
-            f"warning: {space.file}: the data split differs from the one recorded in {record}; "
-            "earlier trials were scored on other rows",
-            file=sys.stderr,
+        warn(
+            f"{space.file}: the data split differs from the one recorded in {record}; "
+            "earlier trials were scored on other rows"
         )
 
 
@@ -183,14 +246,39 @@ def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None
 
 
 def _summary(params: dict[str, Any]) -> str:
+    lr = params.get("learning_rate")
+    lr_txt = f"{lr:.2e}" if isinstance(lr, int | float) else str(lr)
     return (
-        f"{params['template']} | prompt {params['prompt_length']} | r {params['lora_r']} | "
-        f"lr {params['learning_rate']:.2e}"
+        f"{params.get('template')} | prompt {params.get('prompt_length')} | "
+        f"r {params.get('lora_r')} | lr {lr_txt}"
     )
 
 
+def finished_line(trial: Any, metric: str) -> str:
+    """One line for a finished trial (the same whether this process or another ran it)."""
+    from optuna.trial import TrialState
+
+    attrs = trial.user_attrs
+    summary = _summary(attrs.get("params") or trial.params)
+    if trial.state == TrialState.COMPLETE:
+        seconds = attrs.get("trial_seconds")
+        return (
+            f"trial {trial.number}: {metric} {trial.values[0]:.4f} | "
+            f"{int(trial.values[1]):,} params ({attrs.get('trainable_pct', 0):.3f}%) | "
+            f"{summary}" + (f" | {seconds:.1f} s" if isinstance(seconds, int | float) else "")
+        )
+    if "fail_reason" in attrs:
+        return f"trial {trial.number} FAILED ({summary}): {attrs['fail_reason']}"
+    if attrs.get(INTERRUPTED):
+        return f"trial {trial.number} interrupted; it will run again"
+    if trial.state == TrialState.FAIL:
+        return f"trial {trial.number}: its worker stopped beating; it will run again"
+    return f"trial {trial.number}: {trial.state.name.lower()}"
+
+
 def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
-    """Enqueue again each interrupted trial that has no retry yet."""
+    """Enqueue again each interrupted trial that has no retry yet (under the admission lock,
+    so two workers starting together do not both enqueue it)."""
     from optuna.trial import TrialState
 
     retried = {t.user_attrs.get("retry_of") for t in trials}
@@ -199,8 +287,315 @@ def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
+class _DeferSigint:
+    """Hold Ctrl-C back over a few storage writes that must not be cut in half.
+
+    Inside, a first SIGINT only sets ``caught``; the caller acts on it afterwards (a second one
+    raises as usual). Only the main thread receives signals, so elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.caught:  # pressed again: the user insists (a hung database, say)
+            raise KeyboardInterrupt
+        self.caught = True
+
+    def __enter__(self) -> _DeferSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+class _Silent:
+    """The display of a worker process: its parent shows the study, read from the storage."""
+
+    def trial_started(self, number: int, summary: str) -> None:
+        pass
+
+    def step(self, step: int, total: int) -> None:
+        pass
+
+    def trial_finished(self, line: str, done: int, best: float | None, front: int) -> None:
+        pass
+
+    def note(self, line: str) -> None:
+        pass
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # We run heartbeats ourselves around each trial (below), which is what optimize() does.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
+def run_trials(
+    space: Space,
+    runner: Any,
+    make_display: Callable[[int], AbstractContextManager[Any]],
+    *,
+    warn: Callable[[str], None] = _warn,
+    on_ready: Callable[[], None] | None = None,
+    worker: dict[str, Any] | None = None,
+    refresh_report: bool = True,
+) -> tuple[Any, RunOutcome]:
+    """One worker: set up, then take trials until the study's budget is met.
+
+    Admission, or how ``n_trials`` stays exact with any number of workers: a worker takes a
+    slot of the budget by holding the study's :class:`~peftsearch.searcher.storage.Admission`
+    lock while it counts the trials that count or are RUNNING and, only if that is below
+    ``n_trials``, calls ``study.ask()``, which creates (or takes from the queue) a RUNNING
+    trial before the lock is let go. So ``counting + running <= n_trials`` holds at every
+    moment for the whole study, and counting trials only come from running ones: no overshoot.
+    A slot comes back only when a running trial ends without counting (Ctrl-C, a dead worker
+    found by its heartbeat), and its retry is queued; a worker that finds every slot taken by
+    running trials waits and looks again, so the retry of a trial whose worker died still runs
+    in this run. Queued (WAITING) trials take no slot: ``ask()`` hands them out first.
+    Why a lock rather than "ask, then check my trial number": a trial that turns out to be
+    over the budget already exists and would have to be told FAIL or PRUNED, which either
+    pollutes the study with trials that never ran or counts toward the budget; Optuna has no
+    way to discard a trial. The lock is held for a count and a sample, never for a trial.
+
+    The sampler is rebuilt before each ask with the seed offset by the number of trials so
+    far: workers that start together would otherwise draw the same random start-up configs.
+
+    Args:
+        space: a validated space; its storage is ``resolve_url(space)``.
+        runner: ``setup()``, ``splits``, ``base_params``, ``run(params, on_step)``.
+        make_display: called with the number of trials already done; gives a context that
+            yields a :class:`StudyProgress` or anything with its four methods.
+        warn: where warnings go (a worker process sends them to its parent).
+        on_ready: called once the study is open and recorded, before the first trial.
+        worker: stored on each trial as the ``worker`` user attr (with host and pid).
+        refresh_report: rewrite ``<output>/report.html`` every few trials of this worker.
+
+    Returns:
+        The study and an outcome whose counts and front are not filled yet.
+    """
+    from optuna.storages import fail_stale_trials
+
+    _quiet_optuna()
+    make_sampler(space)  # a bad sampler name or kwargs fails here, before any file exists
+    runner.setup()  # data and model problems surface here, before any file exists
+    check_storage(space)  # and storage problems
+    out = _prepare_output(space)
+    study = open_study(space)
+    url = resolve_url(space)
+    n_trials = space.study.n_trials
+    outcome = RunOutcome(space.study_name, display_url(url), out, {})
+    me = {"host": socket.gethostname(), "pid": os.getpid(), **(worker or {})}
+    admission = Admission(url, space.study_name)
+    try:
+        with admission():
+            if not study.trials:
+                for config in space.study.enqueue:
+                    study.enqueue_trial(
+                        {k: (",".join(v) if isinstance(v, list) else v) for k, v in config.items()},
+                        user_attrs={"enqueued": True},
+                    )
+            fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            _requeue_interrupted(study, trials)
+            _record_study(study, space, runner, out, warn)
+        if not admission.exact:
+            warn(
+                f"{mask_url(url)}: no lock across processes for this database; with several "
+                "workers the study may run a few trials more than n_trials (exact on "
+                "PostgreSQL, SQLite and journal files)"
+            )
+        done = sum(map(counts_toward_budget, trials))
+        if on_ready is not None:
+            on_ready()
+        with make_display(min(done, n_trials)) as display:
+            if done:
+                display.note(
+                    f"resuming study {space.study_name!r}: {done} of {n_trials} trials done"
+                )
+            _loop(space, runner, display, study, outcome, admission, me, refresh_report)
+    finally:
+        admission.close()
+    return study, outcome
+
+
+def _loop(
+    space: Space,
+    runner: Any,
+    display: Any,
+    study: Any,
+    outcome: RunOutcome,
+    admission: Admission,
+    me: dict[str, Any],
+    refresh_report: bool,
+) -> None:
+    from optuna.storages import fail_stale_trials
+    from optuna.storages._heartbeat import get_heartbeat_thread  # ask/tell has no public one
+    from optuna.trial import TrialState
+
+    n_trials = space.study.n_trials
+    start = time.monotonic()
+    finished_here = 0
+    told_waiting = False
+    while True:
+        trial, beat = None, None
+        # Under the lock, and Ctrl-C held back: a trial is asked and beating, or not asked.
+        with _DeferSigint() as held, admission():
+            fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            done = sum(map(counts_toward_budget, trials))
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            timed_out = (
+                space.study.timeout is not None and time.monotonic() - start > space.study.timeout
+            )
+            if done < n_trials and not timed_out and done + running < n_trials:
+                study.sampler = make_sampler(space, n_existing=len(trials))
+                trial = study.ask()
+                beat = get_heartbeat_thread(trial._trial_id, study._storage)
+                beat.start()
+        if trial is None:
+            if held.caught:
+                outcome.interrupted = True
+                break
+            if done >= n_trials:
+                break
+            if timed_out:
+                display.note(f"timeout of {space.study.timeout:g} s reached; no new trial started")
+                outcome.stopped_by_timeout = True
+                break
+            if not told_waiting:  # every slot is held by a running trial, maybe a dead one's
+                display.note(
+                    f"waiting: {running} trial(s) running elsewhere hold the rest of the budget "
+                    f"(a dead worker's trial runs again after {storage_mod.GRACE_SECONDS} s "
+                    "without heartbeat)"
+                )
+                told_waiting = True
+            try:
+                time.sleep(min(storage_mod.HEARTBEAT_SECONDS / 2, WAIT_SECONDS))
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                break
+            continue
+        told_waiting = False
+        assert beat is not None
+        try:
+            frozen, line = _run_one(space, runner, display, study, trial, me, held.caught)
+        except KeyboardInterrupt:  # while suggesting or training: the trial is RUNNING
+            with _DeferSigint():  # a second Ctrl-C must not cut the marking in half
+                trial.set_user_attr(INTERRUPTED, True)
+                trial.set_user_attr(
+                    "fail_note", "interrupted by the user (Ctrl-C); re-run resumes it"
+                )
+                with admission():  # with the lock: a starting worker may requeue it too
+                    study.tell(trial, state=TrialState.FAIL)
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            outcome.interrupted = True
+            display.note(f"trial {trial.number} interrupted; it will run again on resume")
+            break
+        finally:
+            beat.join()
+        trials = study.get_trials(deepcopy=False)
+        best = study.best_trials
+        top = max((t.values[0] for t in best), default=None)
+        done = min(sum(map(counts_toward_budget, trials)), n_trials)
+        display.trial_finished(line, done, top, len(best))
+        finished_here += 1
+        if refresh_report and finished_here % REPORT_EVERY == 0:
+            report = write_report_safely(study, outcome.output_dir, display.note)
+            upload_study_artifacts(study, space, report, display.note)
+        if frozen is None:  # Ctrl-C came while the result was being stored: it is stored
+            outcome.interrupted = True
+            break
+
+
+def _run_one(
+    space: Space,
+    runner: Any,
+    display: Any,
+    study: Any,
+    trial: Any,
+    me: dict[str, Any],
+    interrupt_now: bool,
+) -> tuple[Any, str]:
+    """Suggest, run and tell one trial. KeyboardInterrupt leaves it RUNNING for the caller.
+
+    Returns the told trial (None if Ctrl-C came while it was being told) and its line.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    if interrupt_now:
+        raise KeyboardInterrupt
+    params = suggest(trial, space)
+    trial.set_user_attr("params", params)  # all of them, fixed ones too
+    trial.set_user_attr("worker", me)
+    display.trial_started(trial.number, _summary(params))
+    t0 = time.perf_counter()
+    reason, tb = None, ""
+    try:
+        result = runner.run(params, on_step=display.step)
+    except TrialFailed as exc:
+        reason = str(exc)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        tb = traceback.format_exc()[-4000:]
+    with _DeferSigint() as held:  # the result is stored whole, or (if killed) not at all
+        try:
+            trial.set_user_attr("trial_seconds", round(time.perf_counter() - t0, 3))
+            if reason is not None:
+                if tb:
+                    trial.set_user_attr("fail_traceback", tb)
+                trial.set_user_attr("fail_reason", reason)
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            else:
+                for key, value in result.attrs.items():
+                    trial.set_user_attr(key, value)
+                # Before tell: Optuna refuses to attach anything to a finished trial.
+                upload_trial_artifacts(
+                    study, trial, space, [result.metric, result.trainable_params], display.note
+                )
+                frozen = study.tell(trial, [result.metric, result.trainable_params])
+            line = finished_line(frozen, space.objectives.metric)
+        except UpdateFinishedTrialError:
+            # Its heartbeats did not reach the storage for the grace period (a network
+            # outage, a paused process), so another worker declared it dead and queued a
+            # retry. The retry owns the slot now: this result is dropped, not counted twice.
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            line = (
+                f"trial {trial.number}: finished after it was declared dead (no heartbeat for "
+                f"{storage_mod.GRACE_SECONDS} s); its retry runs it again"
+            )
+    return (None if held.caught else frozen), line
+
+
+def finish(
+    study: Any, outcome: RunOutcome, note: Callable[[str], None] | None = None
+) -> RunOutcome:
+    """Fill the outcome's counts and front; write ``pareto.csv`` and the report."""
+    from peftsearch.reports import pareto_rows, write_csv
+
+    outcome.counts = state_counts(study.get_trials(deepcopy=False))
+    outcome.pareto = pareto_rows(study)
+    write_csv(outcome.pareto, outcome.output_dir / "pareto.csv")
+    outcome.report = write_report_safely(
+        study, outcome.output_dir, note or (lambda m: print(m, file=sys.stderr))
+    )
+    return outcome
+
+
 def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> RunOutcome:
     """Run (or resume) the study of ``space`` until ``study.n_trials`` trials have ended.
+
+    This process is one worker; others (``search run`` elsewhere on the same storage, or
+    :func:`peftsearch.searcher.workers.run_workers`) may share the study.
 
     Args:
         space: a validated space.
@@ -211,107 +606,14 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
     Raises:
         UserError: bad data, model, output directory or storage; raised before any file is made.
     """
-    import optuna
-    from optuna.storages import fail_stale_trials
-    from optuna.storages._heartbeat import get_heartbeat_thread  # ask/tell has no public one
-    from optuna.trial import TrialState
-
-    from peftsearch.reports import pareto_rows, write_csv
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # We run heartbeats ourselves around each trial (below), which is what optimize() does.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     if runner is None:
         from peftsearch.objectives.runner import TrialRunner
 
         runner = TrialRunner(space)
-    make_sampler(space)  # a bad sampler name or kwargs fails here, before any file exists
-    runner.setup()  # data and model problems surface here, before any file exists
-    out = _prepare_output(space)
-    study = open_study(space)
-    study.sampler = make_sampler(space, n_existing=len(study.trials))
-    if not study.trials:
-        for config in space.study.enqueue:
-            study.enqueue_trial(
-                {k: (",".join(v) if isinstance(v, list) else v) for k, v in config.items()},
-                user_attrs={"enqueued": True},
-            )
-    _record_study(study, space, runner, out)
     n_trials, metric = space.study.n_trials, space.objectives.metric
-    outcome = RunOutcome(space.study_name, mask_url(space.storage_url), out, {})
-    start = time.monotonic()
-    fail_stale_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    _requeue_interrupted(study, trials)
-    done = sum(map(counts_toward_budget, trials))
-    finished_here = 0
-    with StudyProgress(n_trials, min(done, n_trials), metric, show_progress) as prog:
-        if done:
-            prog.note(f"resuming study {space.study_name!r}: {done} of {n_trials} trials done")
-        while True:
-            fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            done = sum(map(counts_toward_budget, trials))
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if done >= n_trials:
-                break
-            if space.study.timeout is not None and time.monotonic() - start > space.study.timeout:
-                prog.note(f"timeout of {space.study.timeout:g} s reached; no new trial started")
-                outcome.stopped_by_timeout = True
-                break
-            if done + running >= n_trials:  # other workers are finishing the budget
-                time.sleep(HEARTBEAT_SECONDS / 2)
-                continue
-            trial = study.ask()
-            params = suggest(trial, space)
-            trial.set_user_attr("params", params)  # all of them, fixed ones too
-            prog.trial_started(trial.number, _summary(params))
-            t0 = time.perf_counter()
-            reason = None
-            try:
-                with get_heartbeat_thread(trial._trial_id, study._storage):
-                    result = runner.run(params, on_step=prog.step)
-            except KeyboardInterrupt:
-                trial.set_user_attr(INTERRUPTED, True)
-                trial.set_user_attr(
-                    "fail_note", "interrupted by the user (Ctrl-C); re-run resumes it"
-                )
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                outcome.interrupted = True
-                prog.note(f"trial {trial.number} interrupted; it will run again on resume")
-                break
-            except TrialFailed as exc:
-                reason = str(exc)
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                trial.set_user_attr("fail_traceback", traceback.format_exc()[-4000:])
-            seconds = time.perf_counter() - t0
-            trial.set_user_attr("trial_seconds", round(seconds, 3))
-            if reason is not None:
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                line = f"trial {trial.number} FAILED ({_summary(params)}): {reason}"
-            else:
-                for key, value in result.attrs.items():
-                    trial.set_user_attr(key, value)
-                study.tell(trial, [result.metric, result.trainable_params])
-                line = (
-                    f"trial {trial.number}: {metric} {result.metric:.4f} | "
-                    f"{result.trainable_params:,} params "
-                    f"({result.attrs.get('trainable_pct', 0):.3f}%) | {_summary(params)} | "
-                    f"{seconds:.1f} s"
-                )
-            best = study.best_trials
-            top = max((t.values[0] for t in best), default=None)
-            prog.trial_finished(line, min(done + 1, n_trials), top, len(best))
-            finished_here += 1
-            if finished_here % REPORT_EVERY == 0:
-                write_report_safely(study, out, prog.note)
-    trials = study.get_trials(deepcopy=False)
-    outcome.counts = state_counts(trials)
-    outcome.pareto = pareto_rows(study)
-    write_csv(outcome.pareto, out / "pareto.csv")
-    outcome.report = write_report_safely(study, out, lambda m: print(m, file=sys.stderr))
+    study, outcome = run_trials(
+        space, runner, lambda done: StudyProgress(n_trials, done, metric, show_progress)
+    )
+    outcome = finish(study, outcome)
+    upload_study_artifacts(study, space, outcome.report)
     return outcome

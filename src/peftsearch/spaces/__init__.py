@@ -19,7 +19,7 @@ from peftsearch.spaces._params import (
     IntDist,
     ParamSpec,
 )
-from peftsearch.spaces._paths import PathProblem, resolve
+from peftsearch.spaces._paths import PathProblem, is_data_file_name, resolve
 from peftsearch.spaces._schema import DataSpec, ModelSpec, ObjectivesSpec, Space, StudySpec
 from peftsearch.spaces._templates import Template, render, template_text
 
@@ -108,6 +108,19 @@ def _key_path(loc: list[Any], raw: Any, keep_last: bool) -> str:
     return text
 
 
+def _value_at(raw: Any, loc: list[Any]) -> Any:
+    """The value at ``loc`` in ``raw``, or ``...`` when there is none."""
+    node = raw
+    for part in loc:
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if not present:
+            return ...
+        node = node[part]
+    return node
+
+
 def _space_error(file: str, exc: ValidationError, raw: Any) -> SpaceError:
     """The first pydantic error as one line: ``file: key.path: message (got value)``."""
     err = exc.errors()[0]
@@ -122,6 +135,10 @@ def _space_error(file: str, exc: ValidationError, raw: Any) -> SpaceError:
         err.get("input"), dict
     ):
         value = err.get("input")
+    elif err["type"] == "at_key":  # a cross-check: show the entry unless the message does
+        entry = _value_at(raw, loc)
+        if entry is not ... and not isinstance(entry, dict) and repr(entry) not in msg:
+            value = entry
     more = len(exc.errors()) - 1
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -132,11 +149,13 @@ def _check_paths(space: Space, file: str) -> None:
     """Resolve model and data paths in place; a local path that is missing is an error."""
     base = space.file.parent
 
-    def local(key: str, value: str, must_be_dir: bool = False) -> str:
+    def local(key: str, value: str, must_be_dir: bool = False, data: bool = False) -> str:
         try:
             path = resolve(value, base)
         except PathProblem as exc:
             raise SpaceError(file, key, str(exc)) from None
+        if path is None and data and is_data_file_name(value):
+            path = base / Path(value).expanduser()  # `train.csv` is a file, never a hub name
         if path is None:
             return value  # a hub id
         if not path.exists():
@@ -157,7 +176,7 @@ def _check_paths(space: Space, file: str) -> None:
 
     space.model.path = local("model.path", space.model.path, must_be_dir=True)
     if space.data.path is not None:
-        space.data.path = local("data.path", space.data.path)
+        space.data.path = local("data.path", space.data.path, data=True)
     if space.data.files is not None:
         files = space.data.files
         for split in ("train", "validation", "test"):

@@ -12,6 +12,9 @@ import importlib.util
 from pathlib import Path
 
 PKG_SCHEME = "pkg://"
+# Suffixes of the data files ``search`` reads; a data path ending in one is a file, not a hub name.
+DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+COMPRESSION_SUFFIXES = (".bz2", ".gz", ".xz", ".zst", ".zip")
 
 
 class PathProblem(ValueError):
@@ -39,6 +42,12 @@ def package_file(uri: str) -> Path:
 def looks_local(value: str) -> bool:
     """True for values that can only mean a local path (never a hub id)."""
     return value.startswith((PKG_SCHEME, "/", "./", "../", "~")) or value.startswith(".")
+
+
+def is_data_file_name(value: str) -> bool:
+    """True for a name like ``train.csv`` or ``x.jsonl.gz``: a local data file, never a hub name."""
+    suffixes = [s.lower() for s in Path(value).suffixes if s.lower() not in COMPRESSION_SUFFIXES]
+    return bool(suffixes) and suffixes[-1] in DATA_SUFFIXES
 
 
 def resolve(value: str, base_dir: Path) -> Path | None:

@@ -93,7 +93,11 @@ class ObjectivesSpec(_Section):
 
 class StudySpec(_Section):
     name: str | None = Field(None, description="default: the space file's name")
-    storage: str | None = Field(None, description="default: sqlite:///<output>/study.db")
+    storage: str | None = Field(
+        None,
+        description="default: sqlite:///<output>/study.db; <output>/study.journal after a "
+        "--workers run",
+    )
     sampler: str = Field("tpe", description="tpe | nsga2 | random | grid")
     sampler_kwargs: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, description="sampler seed and every trial's training seed")
@@ -198,6 +202,9 @@ class Space(_Section):
     def storage_url(self) -> str:
         if self.study.storage:
             return self.study.storage
+        journal = (self.output_dir / "study.journal").resolve()
+        if journal.is_file():  # made by `search run --workers N` (one host, several processes)
+            return f"journal://{journal}"
         return f"sqlite:///{(self.output_dir / 'study.db').resolve()}"
 
     def search_params(self) -> dict[str, Any]:
