@@ -129,3 +129,18 @@ def run_cli(
         timeout=timeout,
         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread here and in subprocesses (OMP_NUM_THREADS): the tiny model trains in
+    well under a second on one, while torch's default thread per core contends with other
+    processes on a busy 2-core machine and takes 10-50x longer."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(before)

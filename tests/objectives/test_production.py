@@ -36,21 +36,8 @@ TEXTS = [
     "lovely cast {text} and {{ braces }}",  # braces in the input are text, not slots
     "awful " * 60,  # longer than max_length: truncated the same way
 ]
+pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN_ROWS, TEST_ROWS = 320, 40  # 400 rows, 10 % test and 10 % validation
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread here and in subprocesses: the tiny model trains in well under a second
-    on one; on a busy 2-core machine torch's default threads contend and take 10-50x longer."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(before)
 
 
 # A plain script: peftsearch cannot be imported; it loads each directory the way its README

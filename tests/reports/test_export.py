@@ -19,6 +19,8 @@ from peftsearch.searcher import open_study, run_study
 from peftsearch.spaces import RULES, CategoricalDist, FloatDist, IntDist, load_space, template_text
 from tests.conftest import run_cli, space_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # One enqueued trial per adapter kind: numbers 0..3 are head, lora, prompt, lora+prompt.
 ENQUEUE = [
     {"template": "review", "prompt_length": 0, "lora_r": 0, "learning_rate": 0.02},
@@ -32,20 +34,6 @@ FIXED = {"lora_alpha": 8, "weight_decay": 0.01, "warmup_ratio": 0.1, "batch_size
 # Synthetic complete trials that make a front with a distinct knee, best and budget pick.
 SYNTHETIC = [(0.70, 500), (0.80, 2_000), (0.85, 50_000)]
 FAILED = 7  # the number of the failed trial added after those
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread here and in subprocesses: the tiny model trains in well under a second
-    on one; on a busy 2-core machine torch's default threads contend and take 10-50x longer."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

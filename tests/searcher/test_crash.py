@@ -25,6 +25,8 @@ from peftsearch.searcher.storage import resolve_url, sqlite_path
 from peftsearch.spaces import load_space
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST_HEARTBEAT = {"PEFTSEARCH_HEARTBEAT_SECONDS": "1", "PEFTSEARCH_GRACE_SECONDS": "3"}
 SLOW_PARAMS = {  # about 1.5 s a trial on the tiny model: long enough to be caught running
     "template": {"type": "categorical", "choices": ["plain", "review"]},
@@ -36,12 +38,6 @@ SLOW_PARAMS = {  # about 1.5 s a trial on the tiny model: long enough to be caug
 # One CPU thread per process: the tiny model trains fastest that way, and trial times stay
 # steady on a busy machine (torch's default, a thread per core, fights other processes).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch) -> None:
-    for key, value in ONE_THREAD.items():
-        monkeypatch.setenv(key, value)
 
 
 def start_cli(*args: str) -> subprocess.Popen:

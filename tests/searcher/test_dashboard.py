@@ -44,24 +44,13 @@ from peftsearch.searcher.dashboard import banner
 from peftsearch.spaces import load_space
 from tests.conftest import run_cli, space_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ENQUEUE = [
     {"template": "review", "prompt_length": 0, "lora_r": 0, "learning_rate": 0.02},
     {"template": "plain", "prompt_length": 2, "lora_r": 4, "learning_rate": 0.01},
 ]
 WAIT = 20.0  # seconds: the most any one step of the server test waits
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model trains in well under a second on one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from peftsearch.searcher.workers import run_workers
 from peftsearch.spaces import load_space
 from tests.conftest import run_cli
 from tests.searcher.test_crash import (
-    ONE_THREAD,
     SLOW_PARAMS,
     assert_no_duplicate_runs,
     figures,
@@ -35,11 +34,7 @@ from tests.searcher.test_crash import (
     wait_for_running,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch) -> None:
-    for key, value in ONE_THREAD.items():
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
