@@ -25,6 +25,9 @@ def _space_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["study.n_trials"] = args.n_trials
     if getattr(args, "seed", None) is not None:
         out["study.seed"] = args.seed
+    if getattr(args, "pack", None) is not None:
+        pack = args.pack.strip()
+        out["study.pack"] = int(pack) if pack.lstrip("-").isdigit() else pack
     if getattr(args, "storage", None) is not None:
         out["study.storage"] = args.storage
     if getattr(args, "output", None) is not None:
@@ -76,6 +79,12 @@ class _Run:
         p.add_argument("--storage", help="override study.storage (an Optuna storage URL)")
         p.add_argument("--seed", type=int, help="override study.seed")
         p.add_argument("--no-progress", action="store_true", help="no live display")
+        p.add_argument(
+            "--pack",
+            metavar="K|auto",
+            help="override study.pack: trials trained together on one base model "
+            "(auto: 16 on a GPU, 1 on CPU)",
+        )
         p.add_argument(
             "--workers",
             type=int,

@@ -152,13 +152,13 @@ def build(base: Any, plan: PeftPlan) -> Any:
         elif lora is not None:
             model = get_peft_model(model, lora)
         else:  # neither: a linear probe, only the head trains
-            head = _head_names(model)
+            head = head_names(model)
             for name, param in model.named_parameters():
                 param.requires_grad_(name.split(".")[0] in head)
     return model
 
 
-def _head_names(model: Any) -> set[str]:
+def head_names(model: Any) -> set[str]:
     """Top-level module names of the classification head (what peft's SEQ_CLS saves)."""
     names = {n for n, _ in model.named_children()}
     head = names & {"classifier", "score"}

@@ -2,22 +2,20 @@
 
 :class:`TrialRunner` loads the data and the base model once per worker process, caches the
 tokenized data per template, and turns a parameter dict into a :class:`TrialResult`. It knows
-nothing of Optuna: the searcher asks, calls :meth:`TrialRunner.run`, and tells.
+nothing of Optuna: the searcher asks, calls :meth:`TrialRunner.run` (one trial) or feeds a
+:class:`RunnerPack` (several trials trained together, see ``packed.py``), and tells.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftsearch.errors import TrialFailed
 from peftsearch.objectives.data import Encoded, Splits, encode, load_splits
 from peftsearch.objectives.metrics import check_metric, load_metric, score
-from peftsearch.objectives.model import PeftPlan, build, count_params, load_base, pick_device
-from peftsearch.objectives.train import TrainConfig, evaluate_model, train
+from peftsearch.objectives.model import count_params, load_base, pick_device
 from peftsearch.spaces import Space, template_text
 
 
@@ -43,12 +41,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 class TrialRunner:
     """Runs trials of one space in this process; heavy state is built on first use."""
 
@@ -61,6 +53,7 @@ class TrialRunner:
         self._cache: dict[str, tuple[Encoded, Encoded]] = {}
         self._metric: Any = None
         self._versions: dict[str, str] | None = None
+        self._engine: Any = None
 
     @property
     def splits(self) -> Splits:
@@ -107,10 +100,35 @@ class TrialRunner:
             )
         return self._cache[template]
 
+    @property
+    def engine(self) -> Any:
+        """The :class:`~peftsearch.objectives.packed.PackedEngine` on this worker's base model."""
+        if self._engine is None:
+            from peftsearch.objectives.packed import PackedEngine
+
+            self.setup()
+            left = self._tokenizer.padding_side == "left"
+            self._engine = PackedEngine(self._base, self._device, left)
+        return self._engine
+
+    def add(self, key: Any, params: dict[str, Any]) -> None:
+        """Queue a trial in the engine (its adapters are built now: a bad target raises)."""
+        import torch
+
+        engine = self.engine
+        if not len(engine) and self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
+        train_data, eval_data = self.encoded(params["template"])
+        engine.add(key, params, train_data, eval_data, self.space.study.seed)
+
+    def pack(self, size: int) -> RunnerPack:
+        """Trials trained ``size`` at a time on the shared base model (see :class:`RunnerPack`)."""
+        return RunnerPack(self, size)
+
     def run(
         self, params: dict[str, Any], on_step: Callable[[int, int], None] | None = None
     ) -> TrialResult:
-        """Train and evaluate one configuration.
+        """Train and evaluate one configuration alone (the engine with one slot).
 
         Args:
             params: every key of :data:`peftsearch.spaces.RULES` with a concrete value.
@@ -119,31 +137,39 @@ class TrialRunner:
         Raises:
             TrialFailed: out of memory, non-finite loss; the reason is the message.
         """
+        engine = self.engine
+        if len(engine):
+            raise RuntimeError("run() while trials of a pack are in flight")
+        key, capacity = ("run", id(params)), engine.capacity
+        engine.capacity = 1
+        try:
+            self.add(key, params)
+            while True:
+                finished = engine.step()
+                if finished:
+                    break
+                if on_step is not None:
+                    for _, step, total in engine.progress():
+                        on_step(step, total)
+        except BaseException:
+            engine.clear()
+            raise
+        finally:
+            engine.capacity = capacity
+        (done,) = finished
+        if done.error is not None:
+            raise done.error
+        if on_step is not None:
+            on_step(done.stats.steps, done.stats.steps)
+        return self.finish(params, done)
+
+    def finish(self, params: dict[str, Any], done: Any) -> TrialResult:
+        """Score a trial the engine trained and evaluated, and gather what is stored with it."""
         import torch
 
-        self.setup()
         device, seed = self._device, self.space.study.seed
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        model = None
-        try:
-            torch.manual_seed(seed)  # adapter init and dropout: same params + seed, same result
-            plan = PeftPlan.from_params(params)
-            model = build(self._base, plan)
-            trainable = count_params(model)
-            model.to(device)
-            train_data, eval_data = self.encoded(params["template"])
-            cfg = TrainConfig.from_params(params, seed)
-            left = self._tokenizer.padding_side == "left"
-            stats = train(model, train_data, cfg, device, left, on_step)
-            result = evaluate_model(model, eval_data, device, max(64, 2 * cfg.batch_size), left)
-        except Exception as exc:
-            if _is_oom(exc):
-                del model
-                gc.collect()
-                torch.cuda.empty_cache()
-                raise TrialFailed(f"out of memory: {str(exc).splitlines()[0]}") from exc
-            raise
+        stats, result = done.stats, done.result
+        eval_data = self.encoded(params["template"])[1]
         metric = score(
             self._metric,
             self.space.objectives.metric,
@@ -152,7 +178,7 @@ class TrialRunner:
             **self.space.objectives.metric_kwargs,
         )
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        del model
+        trainable = done.trainable
         return TrialResult(
             metric=metric,
             trainable_params=trainable,
@@ -168,9 +194,56 @@ class TrialRunner:
                 "train_loss_curve_every": stats.curve_every,
                 "eval_loss": result.loss,
                 "peak_gpu_memory_bytes": peak,
+                "pack_size": round(done.pack_size, 3),
                 "device": str(device),
                 "seed": seed,
                 "versions": self._versions,
                 "timestamp": time.time(),
             },
         )
+
+
+class RunnerPack:
+    """The searcher's view of a runner that trains ``size`` trials at a time: ``add`` a trial
+    under a key, call ``step`` until it hands back ``(key, TrialResult or exception)`` pairs."""
+
+    def __init__(self, runner: TrialRunner, size: int) -> None:
+        self.runner = runner
+        self.engine = runner.engine
+        self.engine.capacity = size
+        self._params: dict[Any, dict[str, Any]] = {}
+
+    @property
+    def capacity(self) -> int:
+        return int(self.engine.capacity)
+
+    def __len__(self) -> int:
+        return len(self.engine)
+
+    def add(self, key: Any, params: dict[str, Any]) -> None:
+        self.runner.add(key, params)
+        self._params[key] = params
+
+    def step(self) -> list[tuple[Any, TrialResult | BaseException]]:
+        out: list[tuple[Any, TrialResult | BaseException]] = []
+        for done in self.engine.step():
+            params = self._params.pop(done.key)
+            if done.error is not None:
+                out.append((done.key, done.error))
+                continue
+            try:
+                out.append((done.key, self.runner.finish(params, done)))
+            except Exception as exc:  # scoring failed: that trial's failure, not the pack's
+                out.append((done.key, exc))
+        return out
+
+    def progress(self) -> list[tuple[Any, int, int]]:
+        return list(self.engine.progress())
+
+    def drop(self, key: Any) -> None:
+        self.engine.drop(key)
+        self._params.pop(key, None)
+
+    def clear(self) -> None:
+        self.engine.clear()
+        self._params.clear()

@@ -58,7 +58,7 @@ class TrainStats:
     curve_every: int = 1  # steps per curve point
 
 
-def _batch(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any]:
+def batch_rows(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any]:
     """Rows ``idx`` trimmed to their longest sequence (the split is padded to its longest)."""
     width = int(enc.lengths[idx].max())
     cols = slice(-width, None) if left_pad else slice(0, width)
@@ -72,7 +72,7 @@ def _batch(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any
     return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
 
-def _order(n: int, cfg: TrainConfig) -> Iterator[Any]:
+def row_order(n: int, cfg: TrainConfig) -> Iterator[Any]:
     """Shuffled row indices, epoch after epoch, from a generator seeded by the trial seed."""
     import torch
 
@@ -81,7 +81,7 @@ def _order(n: int, cfg: TrainConfig) -> Iterator[Any]:
         yield from torch.randperm(n, generator=gen).split(cfg.batch_size)
 
 
-def _autocast(device: Any) -> Any:
+def autocast(device: Any) -> Any:
     import contextlib
 
     import torch
@@ -123,10 +123,10 @@ def train(
     log_every = max(1, math.ceil(total / MAX_CURVE_POINTS))
     model.train()
     start, pending, curve = time.perf_counter(), [], []
-    order = _order(len(data), cfg)
+    order = row_order(len(data), cfg)
     for step in range(1, total + 1):
-        batch = _batch(data, next(order), device, left_pad)
-        with _autocast(device):
+        batch = batch_rows(data, next(order), device, left_pad)
+        with autocast(device):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -166,9 +166,9 @@ def evaluate_model(
     order = torch.argsort(data.lengths, descending=True)
     preds = torch.empty(len(data), dtype=torch.long)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         for idx in order.split(batch_size):
-            batch = _batch(data, idx, device, left_pad)
+            batch = batch_rows(data, idx, device, left_pad)
             out = model(**batch)
             preds[idx] = out.logits.argmax(-1).cpu()
             loss_sum += out.loss.double() * len(idx)

@@ -18,7 +18,7 @@ from rich.progress import (
 
 
 class StudyProgress:
-    """Two bars: the study (with best metric and front size) and the running trial's steps."""
+    """A bar for the study (with best metric and front size) and one per running trial."""
 
     def __init__(self, total: int, done: int, metric: str, enabled: bool = True) -> None:
         # Not a terminal (CI, a log file): a wide fixed width, so lines are not wrapped.
@@ -39,7 +39,7 @@ class StudyProgress:
         self._study: TaskID = self._progress.add_task(
             "trials", total=total, completed=done, info=""
         )
-        self._trial: TaskID | None = None
+        self._trials: dict[Any, TaskID] = {}  # one bar per trial in flight (a pack has many)
 
     def __enter__(self) -> StudyProgress:
         self._progress.__enter__()
@@ -49,18 +49,19 @@ class StudyProgress:
         self._progress.__exit__(*exc)
 
     def trial_started(self, number: int, summary: str) -> None:
-        if self._trial is not None:
-            self._progress.remove_task(self._trial)
-        self._trial = self._progress.add_task(f"trial {number}", total=None, info=summary)
+        self._trials[number] = self._progress.add_task(f"trial {number}", total=None, info=summary)
 
-    def step(self, step: int, total: int) -> None:
-        if self._trial is not None:
-            self._progress.update(self._trial, completed=step, total=total)
+    def trial_step(self, number: int, step: int, total: int) -> None:
+        task = self._trials.get(number)
+        if task is not None:
+            self._progress.update(task, completed=step, total=total)
 
-    def trial_finished(self, line: str, done: int, best: float | None, front: int) -> None:
-        if self._trial is not None:
-            self._progress.remove_task(self._trial)
-            self._trial = None
+    def trial_finished(
+        self, line: str, done: int, best: float | None, front: int, number: Any = None
+    ) -> None:
+        task = self._trials.pop(number, None)
+        if task is not None:
+            self._progress.remove_task(task)
         best_txt = f"best {self.metric} {best:.4f}" if best is not None else "no result yet"
         self._progress.update(self._study, completed=done, info=f"{best_txt} | front {front}")
         self._progress.console.print(line, highlight=False, markup=False)

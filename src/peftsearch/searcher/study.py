@@ -51,6 +51,10 @@ REPORT_EVERY = 5  # refresh <output>/report.html after every this many finished 
 DIRECTIONS: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]  # metric, params
 INTERRUPTED = "interrupted"  # user attr on a trial stopped by Ctrl-C
 WAIT_SECONDS = 2.0  # budget taken by running trials: look again this often (or every half beat)
+# `study.pack: auto` on a GPU. Not measured on a GPU yet: chosen from issue 5's H100 numbers
+# (the LoRA step runs 106k tokens/s at batch 32 and 2.4M at batch 4,096, so 16 trials of batch
+# 32 in one batch of 512 rows are still far from saturating it). Out of memory halves it.
+AUTO_PACK_CUDA = 16
 
 
 @dataclass
@@ -320,10 +324,12 @@ class _Silent:
     def trial_started(self, number: int, summary: str) -> None:
         pass
 
-    def step(self, step: int, total: int) -> None:
+    def trial_step(self, number: int, step: int, total: int) -> None:
         pass
 
-    def trial_finished(self, line: str, done: int, best: float | None, front: int) -> None:
+    def trial_finished(
+        self, line: str, done: int | None, best: float | None, front: int | None, number: Any = None
+    ) -> None:
         pass
 
     def note(self, line: str) -> None:
@@ -427,6 +433,68 @@ def run_trials(
     return study, outcome
 
 
+class SequentialPack:
+    """A pack of one, for any runner with ``run(params, on_step)``: each ``step`` runs the
+    queued trial whole. Used when ``study.pack`` is 1."""
+
+    capacity = 1
+
+    def __init__(self, runner: Any, on_step: Callable[[Any, int, int], None]) -> None:
+        self.runner, self.on_step = runner, on_step
+        self._queue: list[tuple[Any, dict[str, Any]]] = []
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, key: Any, params: dict[str, Any]) -> None:
+        self._queue.append((key, params))
+
+    def step(self) -> list[tuple[Any, Any]]:
+        key, params = self._queue[0]
+        try:
+            result: Any = self.runner.run(params, on_step=lambda s, t: self.on_step(key, s, t))
+        except Exception as exc:
+            result = exc
+        finally:
+            self._queue.pop(0)
+        return [(key, result)]
+
+    def progress(self) -> list[tuple[Any, int, int]]:
+        return []  # reported through on_step while a trial runs
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+
+def make_pack(space: Space, runner: Any, display: Any) -> Any:
+    """``study.pack`` trials at a time through ``runner.pack``, or one at a time."""
+    size = pack_size(space)
+    if size > 1:
+        if not hasattr(runner, "pack"):
+            raise UserError(f"{space.file}: study.pack: this runner trains one trial at a time")
+        return runner.pack(size)
+    return SequentialPack(runner, display.trial_step)
+
+
+def pack_size(space: Space) -> int:
+    """``study.pack`` as a number: ``auto`` is :data:`AUTO_PACK_CUDA` on a GPU, 1 on CPU."""
+    pack = space.study.pack
+    if pack != "auto":
+        return int(pack)
+    from peftsearch.objectives.model import pick_device
+
+    return AUTO_PACK_CUDA if pick_device(space.model.device).type == "cuda" else 1
+
+
+@dataclass
+class _Flight:
+    """A trial this worker asked for and has not told yet."""
+
+    trial: Any
+    beat: Any
+    t0: float
+
+
 def _loop(
     space: Space,
     runner: Any,
@@ -437,6 +505,7 @@ def _loop(
     me: dict[str, Any],
     refresh_report: bool,
 ) -> None:
+    """Keep the pack full: take budget slots while it has room, step it, tell what finishes."""
     from optuna.storages import fail_stale_trials
     from optuna.storages._heartbeat import get_heartbeat_thread  # ask/tell has no public one
     from optuna.trial import TrialState
@@ -445,51 +514,89 @@ def _loop(
     start = time.monotonic()
     finished_here = 0
     told_waiting = False
-    while True:
-        trial, beat = None, None
-        # Under the lock, and Ctrl-C held back: a trial is asked and beating, or not asked.
-        with _DeferSigint() as held, admission():
-            fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            done = sum(map(counts_toward_budget, trials))
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            timed_out = (
-                space.study.timeout is not None and time.monotonic() - start > space.study.timeout
-            )
-            if done < n_trials and not timed_out and done + running < n_trials:
-                study.sampler = make_sampler(space, n_existing=len(trials))
-                trial = study.ask()
-                beat = get_heartbeat_thread(trial._trial_id, study._storage)
-                beat.start()
-        if trial is None:
-            if held.caught:
-                outcome.interrupted = True
-                break
-            if done >= n_trials:
-                break
-            if timed_out:
-                display.note(f"timeout of {space.study.timeout:g} s reached; no new trial started")
-                outcome.stopped_by_timeout = True
-                break
-            if not told_waiting:  # every slot is held by a running trial, maybe a dead one's
-                display.note(
-                    f"waiting: {running} trial(s) running elsewhere hold the rest of the budget "
-                    f"(a dead worker's trial runs again after {storage_mod.GRACE_SECONDS} s "
-                    "without heartbeat)"
-                )
-                told_waiting = True
-            try:
+    pack = make_pack(space, runner, display)
+    flights: dict[int, _Flight] = {}
+    retry_at = 0.0  # the pack has room but the budget had none: look again then (or sooner)
+    try:
+        while True:
+            ended: list[tuple[int, Any]] = []  # (trial number, TrialResult or exception)
+            stop = None  # why no trial was asked: "done", "timeout", "waiting", "interrupt"
+            # Asking takes the storage lock and reads every trial: not once per training step.
+            may_ask = not flights or time.monotonic() >= retry_at
+            while may_ask and len(flights) < pack.capacity:
+                trial = None
+                # Under the lock, Ctrl-C held back: a trial is asked and beating, or not asked.
+                with _DeferSigint() as held, admission():
+                    fail_stale_trials(study)
+                    trials = study.get_trials(deepcopy=False)
+                    done = sum(map(counts_toward_budget, trials))
+                    running = sum(t.state == TrialState.RUNNING for t in trials)
+                    timed_out = (
+                        space.study.timeout is not None
+                        and time.monotonic() - start > space.study.timeout
+                    )
+                    if done < n_trials and not timed_out and done + running < n_trials:
+                        study.sampler = make_sampler(space, n_existing=len(trials))
+                        trial = study.ask()
+                        beat = get_heartbeat_thread(trial._trial_id, study._storage)
+                        beat.start()
+                        flights[trial.number] = _Flight(trial, beat, time.perf_counter())
+                if held.caught:
+                    stop = "interrupt"
+                elif trial is None:
+                    stop = "done" if done >= n_trials else "timeout" if timed_out else "waiting"
+                if stop is not None:
+                    retry_at = time.monotonic() + WAIT_SECONDS
+                    break
+                assert trial is not None
+                told_waiting = False
+                failed = _start(space, pack, display, trial, me)
+                if failed is not None:
+                    ended.append((trial.number, failed))
+            if stop == "interrupt":
+                raise KeyboardInterrupt
+            if len(pack):
+                ended += pack.step()
+            if ended:
+                retry_at = 0.0  # a slot of the budget may have come back
+            for number, result in ended:
+                flight = flights.pop(number)
+                frozen, line = _tell(space, study, flight, result, display)
+                trials = study.get_trials(deepcopy=False)
+                best = study.best_trials
+                top = max((t.values[0] for t in best), default=None)
+                done = min(sum(map(counts_toward_budget, trials)), n_trials)
+                display.trial_finished(line, done, top, len(best), number)
+                finished_here += 1
+                if refresh_report and finished_here % REPORT_EVERY == 0:
+                    report = write_report_safely(study, outcome.output_dir, display.note)
+                    upload_study_artifacts(study, space, report, display.note)
+                if frozen is None:  # Ctrl-C came while the result was being stored: it is
+                    raise KeyboardInterrupt
+            for number, step, total in pack.progress():
+                display.trial_step(number, step, total)
+            if not flights and not ended:
+                if stop == "done":
+                    break
+                if stop == "timeout":
+                    display.note(
+                        f"timeout of {space.study.timeout:g} s reached; no new trial started"
+                    )
+                    outcome.stopped_by_timeout = True
+                    break
+                if not told_waiting:  # every slot is held by a running trial, maybe a dead one
+                    display.note(
+                        f"waiting: {running} trial(s) running elsewhere hold the rest of the "
+                        f"budget (a dead worker's trial runs again after "
+                        f"{storage_mod.GRACE_SECONDS} s without heartbeat)"
+                    )
+                    told_waiting = True
                 time.sleep(min(storage_mod.HEARTBEAT_SECONDS / 2, WAIT_SECONDS))
-            except KeyboardInterrupt:
-                outcome.interrupted = True
-                break
-            continue
-        told_waiting = False
-        assert beat is not None
-        try:
-            frozen, line = _run_one(space, runner, display, study, trial, me, held.caught)
-        except KeyboardInterrupt:  # while suggesting or training: the trial is RUNNING
-            with _DeferSigint():  # a second Ctrl-C must not cut the marking in half
+    except KeyboardInterrupt:  # while asking, suggesting or training: these trials are RUNNING
+        pack.clear()
+        with _DeferSigint():  # a second Ctrl-C must not cut the marking in half
+            for number, flight in sorted(flights.items()):
+                trial = flight.trial
                 trial.set_user_attr(INTERRUPTED, True)
                 trial.set_user_attr(
                     "fail_note", "interrupted by the user (Ctrl-C); re-run resumes it"
@@ -497,59 +604,46 @@ def _loop(
                 with admission():  # with the lock: a starting worker may requeue it too
                     study.tell(trial, state=TrialState.FAIL)
                     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            outcome.interrupted = True
-            display.note(f"trial {trial.number} interrupted; it will run again on resume")
-            break
-        finally:
-            beat.join()
-        trials = study.get_trials(deepcopy=False)
-        best = study.best_trials
-        top = max((t.values[0] for t in best), default=None)
-        done = min(sum(map(counts_toward_budget, trials)), n_trials)
-        display.trial_finished(line, done, top, len(best))
-        finished_here += 1
-        if refresh_report and finished_here % REPORT_EVERY == 0:
-            report = write_report_safely(study, outcome.output_dir, display.note)
-            upload_study_artifacts(study, space, report, display.note)
-        if frozen is None:  # Ctrl-C came while the result was being stored: it is stored
-            outcome.interrupted = True
-            break
+                display.note(f"trial {number} interrupted; it will run again on resume")
+        outcome.interrupted = True
+    finally:
+        for flight in flights.values():
+            flight.beat.join()
 
 
-def _run_one(
-    space: Space,
-    runner: Any,
-    display: Any,
-    study: Any,
-    trial: Any,
-    me: dict[str, Any],
-    interrupt_now: bool,
-) -> tuple[Any, str]:
-    """Suggest, run and tell one trial. KeyboardInterrupt leaves it RUNNING for the caller.
+def _start(space: Space, pack: Any, display: Any, trial: Any, me: dict[str, Any]) -> Any:
+    """Suggest a trial's parameters and put it in the pack. Returns None, or the exception of
+    a configuration that cannot even be built (a bad target module, say): it fails at once."""
+    params = suggest(trial, space)
+    trial.set_user_attr("params", params)  # all of them, fixed ones too
+    trial.set_user_attr("worker", me)
+    display.trial_started(trial.number, _summary(params))
+    try:
+        pack.add(trial.number, params)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _tell(space: Space, study: Any, flight: _Flight, result: Any, display: Any) -> tuple[Any, str]:
+    """Store a trial's result or failure and tell Optuna; stop its heartbeat.
 
     Returns the told trial (None if Ctrl-C came while it was being told) and its line.
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    if interrupt_now:
-        raise KeyboardInterrupt
-    params = suggest(trial, space)
-    trial.set_user_attr("params", params)  # all of them, fixed ones too
-    trial.set_user_attr("worker", me)
-    display.trial_started(trial.number, _summary(params))
-    t0 = time.perf_counter()
+    trial = flight.trial
     reason, tb = None, ""
-    try:
-        result = runner.run(params, on_step=display.step)
-    except TrialFailed as exc:
-        reason = str(exc)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        tb = traceback.format_exc()[-4000:]
+    if isinstance(result, TrialFailed):
+        reason = str(result)
+    elif isinstance(result, BaseException):
+        text = str(result).splitlines()[0] if str(result) else ""
+        reason = f"{type(result).__name__}: {text}"
+        tb = "".join(traceback.format_exception(result))[-4000:]
     with _DeferSigint() as held:  # the result is stored whole, or (if killed) not at all
         try:
-            trial.set_user_attr("trial_seconds", round(time.perf_counter() - t0, 3))
+            trial.set_user_attr("trial_seconds", round(time.perf_counter() - flight.t0, 3))
             if reason is not None:
                 if tb:
                     trial.set_user_attr("fail_traceback", tb)
@@ -573,6 +667,8 @@ def _run_one(
                 f"trial {trial.number}: finished after it was declared dead (no heartbeat for "
                 f"{storage_mod.GRACE_SECONDS} s); its retry runs it again"
             )
+        finally:
+            flight.beat.join()
     return (None if held.caught else frozen), line
 
 

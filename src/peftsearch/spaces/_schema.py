@@ -20,6 +20,7 @@ from peftsearch.spaces._params import (
 from peftsearch.spaces._templates import Template, check_template
 
 _Section = Strict
+MAX_PACK = 256  # study.pack
 
 
 class ModelSpec(_Section):
@@ -103,12 +104,25 @@ class StudySpec(_Section):
     seed: int = Field(0, description="sampler seed and every trial's training seed")
     n_trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds; no new trial starts after it")
+    pack: int | Literal["auto"] = Field(
+        "auto",
+        description="trials trained together on one copy of the base model, each with its own "
+        "rows of every batch (batched multi-adapter training; results equal the trial alone). "
+        "auto: 16 on a GPU, 1 on CPU",
+    )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list,
         description="configurations to run first, before the sampler's own (a warm start "
         "from known-good settings; Optuna's enqueue_trial). Partial dicts are completed by "
         "the sampler.",
     )
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and 1 <= v <= MAX_PACK):
+            return v
+        raise ValueError(f"must be a whole number from 1 to {MAX_PACK}, or auto")
 
 
 class Space(_Section):

@@ -1,0 +1,210 @@
+"""Batched multi-adapter training: a trial packed with others gives what it gives alone, and one
+slot trains exactly like peft's own LoRA + prompt-tuning model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from peftsearch.errors import TrialFailed
+from peftsearch.objectives import packed as packed_mod
+from peftsearch.objectives.model import PeftPlan, build, count_params
+from peftsearch.objectives.runner import TrialResult, TrialRunner
+from peftsearch.objectives.train import TrainConfig, evaluate_model, train
+from peftsearch.spaces import load_space
+from tests.objectives.test_runner import hand_count, params, write_space_file
+
+# Four trials that differ in everything packing must cope with: rank (and none), template,
+# prompt length (and none), learning rate, LoRA dropout, batch size and so step count.
+MIXED = [
+    params(template="plain", lora_r=2, prompt_length=0, learning_rate=1e-2, lora_dropout=0.1),
+    params(template="review", lora_r=4, prompt_length=3, learning_rate=3e-2, batch_size=8),
+    params(template="plain", lora_r=0, prompt_length=2, learning_rate=5e-2, max_steps=4),
+    params(template="review", lora_r=0, prompt_length=0, learning_rate=2e-2, epochs=2),
+]
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, sentiment_csv: Path):
+    path = write_space_file(tmp_path_factory.mktemp("packed"), tiny_model, sentiment_csv)
+    r = TrialRunner(load_space(path))
+    r.setup()
+    return r
+
+
+def run_pack(runner: TrialRunner, trials: list[dict[str, Any]], size: int) -> dict[int, Any]:
+    pack = runner.pack(size)
+    for i, p in enumerate(trials):
+        pack.add(i, p)
+    out: dict[int, Any] = {}
+    while len(pack):
+        for key, result in pack.step():
+            out[key] = result
+    return out
+
+
+def assert_same(a: TrialResult, b: TrialResult) -> None:
+    """Equal within float noise: the packed batch is wider, so matmuls sum in another order."""
+    assert a.trainable_params == b.trainable_params
+    assert a.metric == b.metric
+    assert a.attrs["eval_loss"] == pytest.approx(b.attrs["eval_loss"], rel=1e-4, abs=1e-6)
+    assert a.attrs["train_loss_curve"] == pytest.approx(b.attrs["train_loss_curve"], abs=1e-4)
+    assert a.attrs["train_steps"] == b.attrs["train_steps"]
+
+
+def test_each_trial_packed_equals_the_trial_alone(runner: TrialRunner) -> None:
+    alone = [runner.run(p) for p in MIXED]
+    packed = run_pack(runner, MIXED, size=4)
+    assert sorted(packed) == [0, 1, 2, 3]
+    for i, p in enumerate(MIXED):
+        assert_same(packed[i], alone[i])
+        assert packed[i].trainable_params == hand_count(p["lora_r"], p["prompt_length"])
+    assert packed[2].attrs["train_steps"] == 4  # max_steps: it left the pack early
+    assert packed[0].attrs["pack_size"] > 1 and alone[0].attrs["pack_size"] == 1
+    # the trials did learn something different from each other
+    assert len({round(r.attrs["eval_loss"], 6) for r in alone}) == 4
+
+
+def test_queued_trials_join_as_others_finish(runner: TrialRunner) -> None:
+    trials = [MIXED[2], MIXED[0], MIXED[1]]  # the short one finishes first; the third joins
+    alone = [runner.run(p) for p in trials]
+    packed = run_pack(runner, trials, size=2)
+    for i in range(3):
+        assert_same(packed[i], alone[i])
+    assert packed[1].attrs["pack_size"] == 2  # always with a neighbour
+    assert 1 < packed[2].attrs["pack_size"] < 2  # joined late, alone at the end
+
+
+def test_a_diverging_trial_fails_alone_and_its_neighbours_are_unharmed(
+    runner: TrialRunner,
+) -> None:
+    bad = params(learning_rate=1e30, epochs=3)
+    good = MIXED[1]
+    packed = run_pack(runner, [bad, good], size=2)
+    assert isinstance(packed[0], TrialFailed)
+    assert re_match(r"train loss is (nan|inf) at step \d+ of \d+", str(packed[0]))
+    assert_same(packed[1], runner.run(good))
+
+
+def re_match(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def test_out_of_memory_halves_the_pack_and_restarts_its_trials(
+    runner: TrialRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, calls = packed_mod.PackedEngine._train_step, []
+
+    def flaky(self):
+        calls.append(len(self.active))
+        if len(calls) == 3:  # mid-training, three trials in the batch
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+
+    trials = MIXED[:3]
+    alone = [runner.run(p) for p in trials]
+    monkeypatch.setattr(packed_mod.PackedEngine, "_train_step", flaky)
+    pack = runner.pack(3)
+    packed = run_pack(runner, trials, size=3)
+    assert calls[:4] == [3, 3, 3, 1]  # after the error: one at a time (3 // 2 = 1)
+    assert pack.capacity == 1
+    for i in range(3):
+        assert_same(packed[i], alone[i])  # restarted from scratch: the same results
+
+
+def test_out_of_memory_of_a_single_trial_fails_it(
+    runner: TrialRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def oom(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(packed_mod.PackedEngine, "_train_step", oom)
+    with pytest.raises(TrialFailed, match="^out of memory: CUDA out of memory"):
+        runner.run(MIXED[0])
+    monkeypatch.undo()
+    assert math.isfinite(runner.run(MIXED[0]).attrs["eval_loss"])  # the runner goes on
+
+
+def test_a_bad_target_fails_at_add(runner: TrialRunner) -> None:
+    with pytest.raises(TrialFailed, match=r"target_modules \['nope'\] match no linear layer"):
+        runner.run(params(target_modules=["nope"]))
+
+
+def test_the_base_model_is_left_as_it_was(runner: TrialRunner) -> None:
+    before = {k: v.clone() for k, v in runner._base.state_dict().items()}
+    probe = runner.encoded("plain")[1]
+    batch = {"input_ids": probe.input_ids[:8], "attention_mask": probe.attention_mask[:8]}
+    with torch.no_grad():
+        logits = runner._base(**batch).logits
+    run_pack(runner, MIXED[:2], size=2)
+    after = runner._base.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert count_params(runner._base) == 0
+    with torch.no_grad():  # the hooks do nothing outside a packed forward
+        assert torch.equal(runner._base(**batch).logits, logits)
+
+
+# --- one slot is peft ---------------------------------------------------------------------------
+
+
+def _no_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def _copy_into_peft(slot: Any, model: torch.nn.Module) -> int:
+    """Put the slot's initial adapter weights into peft's model; returns how many tensors."""
+    named = dict(model.named_parameters())
+    copied = 0
+    for name, (a, b) in slot.lora.items():
+        for part, value in (("lora_A", a), ("lora_B", b)):
+            (key,) = [k for k in named if k.endswith(f"{name}.{part}.default.weight")]
+            named[key].data.copy_(value.data)
+            copied += 1
+    if slot.prompt is not None:
+        (key,) = [k for k in named if "prompt_encoder" in k]
+        named[key].data.copy_(slot.prompt.data)
+        copied += 1
+    for head, module in slot.head.items():
+        for pname, value in module.named_parameters():
+            keys = [k for k in named if f"{head}.modules_to_save" in k and k.endswith(pname)]
+            if not keys:  # no adapters at all: the head itself trains, under its own name
+                keys = [k for k in named if k.endswith(f"{head}.{pname}")]
+            (key,) = keys
+            named[key].data.copy_(value.data)
+            copied += 1
+    return copied
+
+
+@pytest.mark.parametrize(("lora_r", "prompt_length"), [(2, 0), (0, 3), (4, 2), (0, 0)])
+def test_one_slot_trains_like_peft(runner: TrialRunner, lora_r: int, prompt_length: int) -> None:
+    p = params(lora_r=lora_r, prompt_length=prompt_length, learning_rate=2e-2, epochs=2)
+    train_data, eval_data = runner.encoded(p["template"])
+    engine = runner.engine
+    slot = engine.add("peft", p, train_data, eval_data, 0)
+    model = build(runner._base, PeftPlan.from_params(p))
+    _no_dropout(model)
+    assert _copy_into_peft(slot, model) == 2 * len(slot.lora) + (prompt_length > 0) + 2
+    assert count_params(model) == slot.trainable == hand_count(lora_r, prompt_length)
+    initial = [t.detach().clone() for t in slot.parameters()]
+
+    done = []
+    while not done:
+        done = engine.step()
+    stats = train(model, train_data, TrainConfig.from_params(p, 0), torch.device("cpu"))
+    ours = done[0]
+    theirs = evaluate_model(model, eval_data, torch.device("cpu"), 64)
+    assert ours.error is None
+    assert ours.stats.loss_curve == pytest.approx(stats.loss_curve, abs=1e-5)
+    assert ours.result.loss == pytest.approx(theirs.loss, rel=1e-5)
+    assert ours.result.predictions == theirs.predictions
+    moved = [not torch.equal(a, b) for a, b in zip(initial, slot.parameters(), strict=True)]
+    assert all(moved[-2:]) and (lora_r == 0 or moved[1])  # head and LoRA B did train
