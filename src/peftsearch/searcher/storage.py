@@ -197,6 +197,38 @@ def _rdb_storage_class() -> Any:
                 self.record_heartbeat(trial_id)
             return bool(changed)
 
+        def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+            """Many user attributes in one statement. Optuna writes each in its own transaction
+            after a lookup of the trial (0.45 ms per attribute on SQLite here, some 20 per
+            trial); one multi-row upsert takes a fraction of that (benchmarks/RESULTS.md).
+            Other databases than SQLite and PostgreSQL: one transaction, Optuna's statements."""
+            import json
+
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            model = models.TrialUserAttributeModel
+            rows = [
+                {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                for k, v in attrs.items()
+            ]
+            with _create_scoped_session(self.scoped_session, True) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                self.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
+                if self.engine.name in ("sqlite", "postgresql") and rows:
+                    from sqlalchemy.dialects import postgresql, sqlite
+
+                    dialect: Any = sqlite if self.engine.name == "sqlite" else postgresql
+                    stmt = dialect.insert(model).values(rows)
+                    stmt = stmt.on_conflict_do_update(
+                        index_elements=[model.trial_id, model.key],
+                        set_={"value_json": stmt.excluded.value_json},
+                    )
+                    session.execute(stmt)
+                    return
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+
     _RDB_CLASS = HeartbeatRDBStorage
     return _RDB_CLASS
 
@@ -227,6 +259,16 @@ def open_storage(url: str) -> Any:
             grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=retry,
         )
+
+
+def set_user_attrs(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
+    """``trial.set_user_attr`` for each item; one transaction where the storage can."""
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    if hasattr(backend, "set_trial_user_attrs"):
+        backend.set_trial_user_attrs(trial._trial_id, attrs)
+    else:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
 
 class Admission:

@@ -43,13 +43,13 @@ from peftsearch.searcher.storage import (
     sqlite_path,
 )
 from peftsearch.searcher.study import (
-    REPORT_EVERY,
     RunOutcome,
     check_storage,
     counts_toward_budget,
     finish,
     finished_line,
     open_study,
+    report_due,
     write_report_safely,
 )
 from peftsearch.spaces import Space
@@ -199,7 +199,7 @@ class _Parent:
         self.errors: list[str] = []
         self.ready = 0
         self.timeouts = 0
-        self.finished = 0
+        self.finished, self.last_report = 0, time.monotonic()  # since the last report
 
     def drain(self, events: Any) -> None:
         while True:
@@ -256,8 +256,9 @@ class _Parent:
             self.prog.trial_finished(finished_line(t, metric), done, top, len(best))
             if t.state != TrialState.FAIL or "fail_reason" in t.user_attrs:
                 self.finished += 1
-                if self.finished % REPORT_EVERY == 0:
+                if report_due(self.finished, self.last_report):
                     write_report_safely(self.study, self.space.output_dir, self.prog.note)
+                    self.finished, self.last_report = 0, time.monotonic()
 
 
 def _interrupt(procs: list[Any], prog: StudyProgress) -> None:
