@@ -169,6 +169,9 @@ SPACE_CASES = [
         "train.csv",
     ),
     ("n-trials-zero", {"study.n_trials": 0}, "study.n_trials", ["greater than or equal to 1"], 0),
+    ("pack-zero", {"study.pack": 0}, "study.pack", ["whole number from 1 to 256, or auto"], 0),
+    ("pack-word", {"study.pack": "many"}, "study.pack", ["from 1 to 256, or auto"], "many"),
+    ("pack-float", {"study.pack": 2.5}, "study.pack", ["whole number"], 2.5),
 ]
 
 

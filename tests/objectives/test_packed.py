@@ -12,7 +12,7 @@ import torch
 
 from peftsearch.errors import TrialFailed
 from peftsearch.objectives import packed as packed_mod
-from peftsearch.objectives.model import PeftPlan, build, count_params
+from peftsearch.objectives.model import PeftPlan, build, count_params, load_base
 from peftsearch.objectives.runner import TrialResult, TrialRunner
 from peftsearch.objectives.train import TrainConfig, evaluate_model, train
 from peftsearch.spaces import load_space
@@ -154,10 +154,13 @@ def test_the_base_model_is_left_as_it_was(runner: TrialRunner) -> None:
 # --- one slot is peft ---------------------------------------------------------------------------
 
 
-def _no_dropout(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+def _no_dropout(model: torch.nn.Module) -> list[tuple[torch.nn.Dropout, float]]:
+    """Dropout off (peft draws its masks from the global generator, the engine per trial, so
+    only without dropout can the two match step by step); returns what to restore."""
+    was = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m, _ in was:
+        m.p = 0.0
+    return was
 
 
 def _copy_into_peft(slot: Any, model: torch.nn.Module) -> int:
@@ -190,15 +193,21 @@ def test_one_slot_trains_like_peft(runner: TrialRunner, lora_r: int, prompt_leng
     train_data, eval_data = runner.encoded(p["template"])
     engine = runner.engine
     slot = engine.add("peft", p, train_data, eval_data, 0)
-    model = build(runner._base, PeftPlan.from_params(p))
+    base, _ = load_base(runner.space.model, 2, 0)  # a fresh copy: the runner's has our hooks
+    model = build(base, PeftPlan.from_params(p))
     _no_dropout(model)
+    restore = _no_dropout(runner._base)
     assert _copy_into_peft(slot, model) == 2 * len(slot.lora) + (prompt_length > 0) + 2
     assert count_params(model) == slot.trainable == hand_count(lora_r, prompt_length)
     initial = [t.detach().clone() for t in slot.parameters()]
 
     done = []
-    while not done:
-        done = engine.step()
+    try:
+        while not done:
+            done = engine.step()
+    finally:
+        for m, p_was in restore:
+            m.p = p_was
     stats = train(model, train_data, TrainConfig.from_params(p, 0), torch.device("cpu"))
     ours = done[0]
     theirs = evaluate_model(model, eval_data, torch.device("cpu"), 64)
@@ -208,3 +217,76 @@ def test_one_slot_trains_like_peft(runner: TrialRunner, lora_r: int, prompt_leng
     assert ours.result.predictions == theirs.predictions
     moved = [not torch.equal(a, b) for a, b in zip(initial, slot.parameters(), strict=True)]
     assert all(moved[-2:]) and (lora_r == 0 or moved[1])  # head and LoRA B did train
+
+
+def test_the_base_models_dropout_applies_with_each_trials_own_masks(runner: TrialRunner) -> None:
+    """The tiny BERT has dropout 0.1: it changes training, and (per-trial masks) packing
+    still does not (the packed tests above run with it on)."""
+    p = MIXED[1]
+    with_dropout = runner.run(p)
+    restore = _no_dropout(runner._base)
+    try:
+        without = runner.run(p)
+    finally:
+        for m, p_was in restore:
+            m.p = p_was
+    assert with_dropout.attrs["train_loss_curve"] != without.attrs["train_loss_curve"]
+    assert runner.run(p).attrs["train_loss_curve"] == with_dropout.attrs["train_loss_curve"]
+
+
+def test_another_architecture_packs_too() -> None:
+    """RoBERTa: a head that is a module with its own dense layer and dropout, no token types,
+    and LoRA targets from peft's default mapping. Engine alone vs packed, on token ids."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from peftsearch.objectives.data import Encoded
+    from peftsearch.objectives.packed import PackedEngine
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=60,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    base = RobertaForSequenceClassification(config).requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+
+    def data(n: int) -> Encoded:
+        lengths = torch.randint(4, 12, (n,), generator=gen)
+        ids = torch.randint(3, 60, (n, 12), generator=gen)
+        mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+        ids = ids * mask + config.pad_token_id * (1 - mask)
+        labels = (ids[:, 1] % 2).long()
+        return Encoded(ids, mask, None, labels, lengths)
+
+    train_data, eval_data = data(48), data(20)
+    trials = [
+        params(lora_r=2, prompt_length=0, target_modules=None, lora_dropout=0.1),
+        params(lora_r=0, prompt_length=3, learning_rate=5e-2, batch_size=8),
+    ]
+
+    def run(size: int, which: list[int]) -> dict[int, Any]:
+        engine = PackedEngine(base, torch.device("cpu"), left_pad=False, capacity=size)
+        for i in which:
+            engine.add(i, trials[i], train_data, eval_data, 0)
+        out = {}
+        while len(engine):
+            out.update({f.key: f for f in engine.step()})
+        engine.close()
+        return out
+
+    alone = {**run(1, [0]), **run(1, [1])}
+    packed = run(2, [0, 1])
+    for i in (0, 1):
+        assert packed[i].error is None and alone[i].error is None
+        assert packed[i].result.predictions == alone[i].result.predictions
+        assert packed[i].result.loss == pytest.approx(alone[i].result.loss, rel=1e-5)
+        assert packed[i].stats.loss_curve == pytest.approx(alone[i].stats.loss_curve, abs=1e-5)
+    # r 2 on query and value of 2 layers + RoBERTa's head (dense 16x16 + out_proj 16x2)
+    head = 16 * 16 + 16 + 16 * 2 + 2
+    assert packed[0].trainable == 2 * 2 * 2 * (16 + 16) + head
+    assert packed[1].trainable == 3 * 16 + head

@@ -19,10 +19,12 @@ N(0, 1) (peft's RANDOM init) prepended to the word embeddings with attention 1 a
 0; the head starts as a copy of the base model's head (peft's ``modules_to_save``). Target
 modules are matched by peft's own ``check_target_module_exists`` and default mapping.
 
-Dropout: the frozen base runs in eval mode (no dropout), packed or alone. Masks drawn over a
-packed batch would tie a trial's result to its neighbours (and attention dropout inside SDPA
-draws from the global generator). A trial's own ``lora_dropout`` is drawn per slot from its own
-generator. Effect on quality, measured: benchmarks/RESULTS.md.
+Dropout: masks drawn once over a packed batch would tie a trial's result to its neighbours,
+so every mask is drawn per slot from the trial's own generator: the base model's dropout
+layers (hidden states, embeddings, the dropout before the head) through hooks, and the trial's
+``lora_dropout``. The base itself runs in eval mode, so its attention-probability dropout, which
+happens inside SDPA from the global generator, is off. Measured against peft with every
+dropout on: benchmarks/RESULTS.md.
 
 The base model is never modified: LoRA and heads act through forward hooks that do nothing when
 no slot is active.
@@ -114,13 +116,30 @@ class _Layout:
 
     def __init__(self) -> None:
         self.segments: list[tuple[Slot, int]] = []
+        self.widths: list[int] = []  # each slot's own sequence width (prompt + its tokens)
+        self.width = 0  # the packed batch's width
+        self.left_pad = False
         self.training = False
 
+    def dropout(self, x: torch.Tensor, i: int, p: float, gen: Any) -> torch.Tensor:
+        """Dropout of segment ``i``'s rows ``x`` with masks that do not depend on the pack.
 
-def _dropout(x: torch.Tensor, p: float, gen: Any) -> torch.Tensor:
-    keep = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        The mask covers the slot's own width only (padding the pack added keeps its values):
+        drawn over the packed width, a slot would consume more random numbers than alone and
+        every later mask would differ."""
+        if x.dim() >= 3 and x.shape[1] == self.width and self.widths[i] < self.width:
+            own = self.widths[i]
+            cols = slice(self.width - own, None) if self.left_pad else slice(0, own)
+            keep = torch.ones(x.shape, device=x.device, dtype=torch.float32)
+            keep[:, cols] = _keep_mask((x.shape[0], own, *x.shape[2:]), p, gen, x.device)
+            return x * keep.to(x.dtype)
+        return x * _keep_mask(tuple(x.shape), p, gen, x.device).to(x.dtype)
+
+
+def _keep_mask(shape: tuple[int, ...], p: float, gen: Any, device: Any) -> torch.Tensor:
+    keep = torch.empty(shape, device=device, dtype=torch.float32)
     keep.bernoulli_(1.0 - p, generator=gen)
-    return x * (keep / (1.0 - p)).to(x.dtype)
+    return keep / (1.0 - p)
 
 
 class PackedEngine:
@@ -154,6 +173,10 @@ class PackedEngine:
         }
         for name, mod in self._head_modules.items():
             self._hooks.append(mod.register_forward_hook(self._head_hook(name)))
+        dropout_hook = self._dropout_hook()  # a plain function: deepcopy of a head keeps it
+        for mod in base.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                self._hooks.append(mod.register_forward_hook(dropout_hook))
         base.eval()
 
     # -- building a slot ------------------------------------------------------------------------
@@ -268,14 +291,14 @@ class PackedEngine:
             if not any(name in s.lora for s, _ in segs):
                 return None
             x, parts, start = args[0], [], 0
-            for slot, n in segs:
+            for i, (slot, n) in enumerate(segs):
                 ab = slot.lora.get(name)
                 if ab is None:
                     parts.append(out.new_zeros((n, *out.shape[1:])))
                 else:
                     xs = x[start : start + n]
                     if layout.training and slot.plan.lora_dropout > 0:
-                        xs = _dropout(xs, slot.plan.lora_dropout, slot.gen)
+                        xs = layout.dropout(xs, i, slot.plan.lora_dropout, slot.gen)
                     a, b = ab
                     delta = F.linear(F.linear(xs.to(a.dtype), a), b) * slot.scaling
                     parts.append(delta.to(out.dtype))
@@ -300,6 +323,22 @@ class PackedEngine:
             return torch.cat(parts)
 
         return head_hook
+
+    def _dropout_hook(self) -> Any:
+        layout = self.layout
+
+        def dropout_hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+            """The base's dropout layer (an identity in eval mode) with each slot's masks."""
+            segs = layout.segments
+            if not layout.training or not segs or module.p == 0:
+                return None
+            x, parts, start = args[0], [], 0
+            for i, (slot, n) in enumerate(segs):
+                parts.append(layout.dropout(x[start : start + n], i, module.p, slot.gen))
+                start += n
+            return torch.cat(parts)
+
+        return dropout_hook
 
     def close(self) -> None:
         """Remove the hooks: the base model is as it was."""
@@ -342,6 +381,8 @@ class PackedEngine:
         if has_types:
             kwargs["token_type_ids"] = torch.cat(types)
         self.layout.segments = [(s, b["input_ids"].shape[0]) for s, b in items]
+        self.layout.widths = [s.prompt_length + b["input_ids"].shape[1] for s, b in items]
+        self.layout.width, self.layout.left_pad = width, self.left_pad
         try:
             return self.base(**kwargs).logits
         finally:
