@@ -104,7 +104,7 @@ def test_not_a_mapping_config() -> None:
 
 # -- schema and rule errors --------------------------------------------------------------------
 
-SECTIONS = "model, data, templates, params, objectives, study, output"
+SECTIONS = "model, data, templates, verbalizers, params, objectives, study, output"
 BAD = [
     # (id, edits, key, fragments, value shown as "(got ...)" or None)
     ("unknown-top", {"bogus": 1}, "bogus", ["unknown key", f"valid keys here: {SECTIONS}"], None),
@@ -112,7 +112,10 @@ BAD = [
         "unknown-in-section",
         {"model.colour": "red"},
         "model.colour",
-        ["unknown key", "valid keys here: path, max_length, dtype, device, trust_remote_code"],
+        [
+            "unknown key",
+            "valid keys here: path, max_length, dtype, device, trust_remote_code, head",
+        ],
         None,
     ),
     (
@@ -369,7 +372,122 @@ BAD = [
         0,
     ),
     ("no-templates", {"templates": {}}, "templates", ["at least 1 item"], None),
+    # model.head verbalizer
+    ("head-unknown", {"model.head": "lm"}, "model.head", ["'classifier' or 'verbalizer'"], "lm"),
+    (
+        "verbalizers-without-head",
+        {"verbalizers": {"v": {"neg": "bad", "pos": "good"}}},
+        "verbalizers",
+        ["need model.head: verbalizer"],
+        None,
+    ),
+    (
+        "verbalizer-param-without-head",
+        {"params.verbalizer": "v"},
+        "params.verbalizer",
+        ["needs model.head: verbalizer"],
+        None,
+    ),
+    (
+        "head-without-verbalizers",
+        {"model.head": "verbalizer"},
+        "verbalizers",
+        ["at least one verbalizer"],
+        None,
+    ),
+    (
+        "verbalizer-missing-label",
+        {"model.head": "verbalizer", "verbalizers": {"v": {"pos": ["good"]}}},
+        "verbalizers.v",
+        ["exactly the labels ['neg', 'pos']", "missing: ['neg']"],
+        None,
+    ),
+    (
+        "verbalizer-extra-label",
+        {"model.head": "verbalizer", "verbalizers": {"v": {"neg": "x", "pos": "y", "meh": "z"}}},
+        "verbalizers.v",
+        ["not a label: ['meh']"],
+        None,
+    ),
+    (
+        "verbalizer-empty-words",
+        {"model.head": "verbalizer", "verbalizers": {"v": {"neg": [], "pos": ["good"]}}},
+        "verbalizers.v.neg",
+        ["one or more non-empty words"],
+        None,
+    ),
+    (
+        "verbalizer-unknown-choice",
+        {
+            "model.head": "verbalizer",
+            "verbalizers": {"v": {"neg": "bad", "pos": "good"}},
+            "params.verbalizer": {"type": "categorical", "choices": ["v", "w"]},
+        },
+        "params.verbalizer",
+        ["no verbalizer named 'w'", "verbalizers: v"],
+        None,
+    ),
+    (
+        "mask-with-classifier",
+        {"templates": {"plain": "{text} it was {mask}"}},
+        "templates.plain",
+        ["{mask} needs model.head: verbalizer"],
+        "{text} it was {mask}",
+    ),
+    (
+        "mask-in-some-templates",
+        {
+            "model.head": "verbalizer",
+            "verbalizers": {"v": {"neg": "bad", "pos": "good"}},
+            "templates": {"plain": "{text} it was {mask}", "review": "review : {text}"},
+        },
+        "templates.review",
+        ["all templates or none must have {mask}"],
+        None,
+    ),
+    (
+        "mask-twice",
+        {
+            "model.head": "verbalizer",
+            "verbalizers": {"v": {"neg": "bad", "pos": "good"}},
+            "templates": {"plain": "{mask} {text} {mask}", "review": "{text} {mask}"},
+        },
+        "templates.plain",
+        ["{mask} may appear once"],
+        None,
+    ),
 ]
+
+
+def test_verbalizer_space_defaults(make_space) -> None:
+    path = make_space(
+        {
+            "model.head": "verbalizer",
+            "verbalizers": {
+                "v": {"neg": "bad", "pos": [" good", " fine"]},
+                "w": {"neg": "x", "pos": "y"},
+            },
+            "templates": {"plain": "{text} it was {mask}", "review": "review : {text} {mask}"},
+        }
+    )
+    space = load_space(path)
+    assert space.lm_kind == "masked"
+    assert space.verbalizers["v"] == {"neg": ["bad"], "pos": [" good", " fine"]}  # str -> [str]
+    searched = space.search_params()["verbalizer"]
+    assert searched.choices == ["v", "w"]  # searched over all of them by default
+    causal = load_space(
+        make_space(
+            {
+                "model.head": "verbalizer",
+                "verbalizers": {"v": {"neg": "bad", "pos": "good"}},
+                "templates": {"plain": "{text} it was", "review": "review : {text}"},
+            },
+            name="causal.yaml",
+        )
+    )
+    assert causal.lm_kind == "causal"
+    classifier = load_space(make_space(name="classifier.yaml"))
+    assert classifier.lm_kind is None and classifier.search_params()["verbalizer"] is None
 
 
 @pytest.mark.parametrize(
@@ -438,7 +556,7 @@ PATH_BAD = [
         "model-path-is-file",
         {"model.path": "{csv}"},
         "model.path",
-        ["must be a model directory, not a file"],
+        ["must be a model directory (or a .gguf file), not a file"],
         "{csv}",
     ),
 ]

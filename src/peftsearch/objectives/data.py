@@ -238,18 +238,37 @@ class Encoded:
     token_type_ids: Any | None
     labels: Any  # LongTensor [N]
     lengths: Any  # LongTensor [N]
+    positions: Any | None = None  # LongTensor [N]: the {mask} token's column (masked LMs)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
+class MaskCutOff(ValueError):
+    """max_length cut the ``{mask}`` slot off some rows."""
+
+
 def encode(
-    df: pd.DataFrame, template: Any, tokenizer: Any, max_length: int, text_columns: list[str]
+    df: pd.DataFrame,
+    template: Any,
+    tokenizer: Any,
+    max_length: int,
+    text_columns: list[str],
+    mask: bool = False,
 ) -> Encoded:
-    """Render ``template`` on every row and tokenize (truncated to ``max_length``)."""
+    """Render ``template`` on every row and tokenize (truncated to ``max_length``).
+
+    With ``mask``, ``{mask}`` becomes the tokenizer's mask token and ``positions`` records
+    where it landed in each row.
+
+    Raises:
+        MaskCutOff: truncation removed the mask token from a row.
+    """
     import torch
 
     rows = df[text_columns].to_dict("records")
+    if mask:
+        rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
     rendered = [render(template, r) for r in rows]
     if rendered and isinstance(rendered[0], tuple):
         first, second = zip(*rendered, strict=True)
@@ -265,11 +284,22 @@ def encode(
         enc = tokenizer(
             rendered, truncation=True, max_length=max_length, padding="longest", return_tensors="pt"
         )
-    mask = enc["attention_mask"]
+    attention = enc["attention_mask"]
+    positions = None
+    if mask:
+        hits = enc["input_ids"] == tokenizer.mask_token_id
+        if not bool(hits.any(1).all()):
+            cut = int((~hits.any(1)).sum())
+            raise MaskCutOff(
+                f"{{mask}} is cut off by model.max_length {max_length} in {cut} of "
+                f"{len(rows)} rows; move it nearer the start or raise max_length"
+            )
+        positions = hits.int().argmax(1)
     return Encoded(
         input_ids=enc["input_ids"],
-        attention_mask=mask,
+        attention_mask=attention,
         token_type_ids=enc.get("token_type_ids"),
         labels=torch.tensor(df["label"].to_numpy(), dtype=torch.long),
-        lengths=mask.sum(1),
+        lengths=attention.sum(1),
+        positions=positions,
     )

@@ -32,33 +32,69 @@ def pick_device(spec: str) -> Any:
 
 
 def load_base(
-    spec: ModelSpec, num_labels: int, seed: int, file: str = "space.yaml"
+    spec: ModelSpec,
+    num_labels: int,
+    seed: int,
+    file: str = "space.yaml",
+    lm_kind: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load tokenizer and sequence-classification model (new head seeded by ``seed``).
+    """Load tokenizer and model: a sequence classifier (new head seeded by ``seed``), or with
+    ``lm_kind`` a causal or masked language model whose own head scores label words. A
+    ``.gguf`` path loads that file from its folder (transformers dequantizes it).
+
+    Causal LMs get left padding and left truncation: the prediction point is the template's
+    end, so padding and cuts go before it.
 
     Raises:
         SpaceError: the model cannot be loaded; the message says why (offline hub id, ...).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "MISSING classifier" load report is expected
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    where = spec.path
+    if spec.path.endswith(".gguf"):
+        where, kwargs["gguf_file"] = str(Path(spec.path).parent), Path(spec.path).name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         torch.manual_seed(seed)  # the new head's init: the same in every worker
         dtype = getattr(torch, _DTYPES[spec.dtype]) if spec.dtype in _DTYPES else "auto"
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec.path, num_labels=num_labels, dtype=dtype, **kwargs
-        )
-    except (OSError, ValueError) as exc:  # transformers says "no model here" with both
-        raise model_error(file, spec.path, exc) from None
+        if lm_kind is None:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                where, num_labels=num_labels, dtype=dtype, **kwargs
+            )
+        else:
+            auto = AutoModelForMaskedLM if lm_kind == "masked" else AutoModelForCausalLM
+            model = auto.from_pretrained(where, dtype=dtype, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:  # "no model here", missing gguf, ...
+        raise model_error(file, spec.path, exc, lm_kind) from None
+    if _has_hf_quantizer(model):  # a dequantized GGUF: plain weights from here on
+        model.hf_quantizer = None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if lm_kind == "causal":
+        tokenizer.padding_side = tokenizer.truncation_side = "left"
+    if lm_kind == "masked" and tokenizer.mask_token is None:
+        raise SpaceError(
+            file,
+            "model.path",
+            "the templates use {mask} but this tokenizer has no mask token",
+            spec.path,
+        )
     return model, tokenizer
+
+
+def _has_hf_quantizer(model: Any) -> bool:
+    return getattr(model, "hf_quantizer", None) is not None
 
 
 def _offline(exc: BaseException) -> bool:
@@ -71,10 +107,17 @@ def _offline(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or "offline" in text or "connect" in text
 
 
-def model_error(file: str, path: str, exc: BaseException) -> SpaceError:
+def model_error(file: str, path: str, exc: BaseException, lm_kind: str | None = None) -> SpaceError:
     """One line for a ``model.path`` that does not load: an offline hub id, a folder with no
-    model in it, or the library's own reason."""
+    model in it, a model of the wrong kind, or the library's own reason."""
     local = Path(path)
+    if "gguf" in str(exc).lower() and isinstance(exc, ImportError):
+        return SpaceError(
+            file, "model.path", f"loading a .gguf file needs the gguf package: {exc}", path
+        )
+    if lm_kind is not None and "Unrecognized configuration class" in str(exc):
+        kind = "masked LM (the templates use {mask})" if lm_kind == "masked" else "causal LM"
+        return SpaceError(file, "model.path", f"this model is not a {kind}", path)
     if local.is_dir() and not (local / "config.json").is_file():
         return SpaceError(file, "model.path", "no model in this directory (no config.json)", path)
     if not local.exists() and _offline(exc):

@@ -56,6 +56,23 @@ from peftsearch.objectives.train import (
 )
 
 
+def lm_head_name(base: Any) -> str:
+    """The language model's head: its one child with parameters besides the backbone
+    (``lm_head`` of Llama and RoBERTa, ``cls`` of BERT)."""
+    backbone = base.base_model
+    names = [
+        n
+        for n, m in base.named_children()
+        if m is not backbone and any(True for _ in m.parameters())
+    ]
+    if len(names) != 1:
+        raise TrialFailed(
+            f"cannot tell the LM head of {type(base).__name__} apart (modules besides the "
+            f"backbone: {names}); model.head verbalizer supports models with one LM head module"
+        )
+    return names[0]
+
+
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -87,6 +104,8 @@ class Slot:
     started: float = 0.0
     train_seconds: float = 0.0
     pack_sizes: list[int] = field(default_factory=list)
+    label_tokens: Any = None  # verbalizer: LongTensor [classes, words], first token of each word
+    label_weights: Any = None  # [classes, words]: 1 / words of the class, 0 for padding
 
     @property
     def prompt_length(self) -> int:
@@ -152,11 +171,20 @@ class PackedEngine:
     with one slot it fails that trial.
     """
 
-    def __init__(self, base: Any, device: Any, left_pad: bool, capacity: int = 1) -> None:
-        from peft.tuners.tuners_utils import check_target_module_exists  # noqa: F401 (checked)
-
+    def __init__(
+        self,
+        base: Any,
+        device: Any,
+        left_pad: bool,
+        capacity: int = 1,
+        lm_kind: str | None = None,
+    ) -> None:
+        """``lm_kind`` None: ``base`` is a sequence classifier and each trial trains a copy of
+        its head. ``"causal"`` / ``"masked"``: ``base`` is a language model whose own LM head
+        scores each label's words (see :meth:`_verbalize`); nothing but adapters trains."""
         self.base, self.device, self.left_pad = base, device, left_pad
         self.capacity = max(1, capacity)
+        self.lm_kind = lm_kind
         self.layout = _Layout()
         self.active: list[Slot] = []
         self.waiting: list[Slot] = []
@@ -164,8 +192,14 @@ class PackedEngine:
         self.hidden = int(self.embed.weight.shape[1])
         self._hooked: set[str] = set()
         self._hooks: list[Any] = []
-        heads = head_names(base)
-        self._head_modules = {name: getattr(base, name) for name in sorted(heads)}
+        if lm_kind is None:
+            heads = head_names(base)
+            self._head_modules = {name: getattr(base, name) for name in sorted(heads)}
+        else:
+            heads = {lm_head_name(base)}
+            self._head_modules = {}
+            self.lm_head = getattr(base, next(iter(heads)))
+            self.backbone = base.base_model
         self._linears = {
             name: mod
             for name, mod in base.named_modules()
@@ -205,10 +239,18 @@ class PackedEngine:
         return names
 
     def add(
-        self, key: Any, params: dict[str, Any], train_data: Encoded, eval_data: Encoded, seed: int
+        self,
+        key: Any,
+        params: dict[str, Any],
+        train_data: Encoded,
+        eval_data: Encoded,
+        seed: int,
+        label_tokens: list[list[int]] | None = None,
+        queue: bool = True,
     ) -> Slot:
         """Queue one trial. Its adapters are drawn from ``seed`` alone (same seed, same init,
-        whatever else is in the engine)."""
+        whatever else is in the engine). ``label_tokens``: with an LM head, each class's label
+        words as token ids (the first token of each word)."""
         plan = PeftPlan.from_params(params)
         cfg = TrainConfig.from_params(params, seed)
         gen = torch.Generator().manual_seed(seed)
@@ -248,16 +290,36 @@ class PackedEngine:
             trainable=0,
         )
         slot.trainable = sum(p.numel() for p in slot.parameters())
+        if self.lm_kind is not None:
+            if not label_tokens:
+                raise ValueError("an LM head needs label_tokens")
+            width = max(len(words) for words in label_tokens)
+            slot.label_tokens = torch.tensor(
+                [words + [words[0]] * (width - len(words)) for words in label_tokens],
+                device=self.device,
+            )
+            slot.label_weights = torch.tensor(
+                [
+                    [1.0 / len(words)] * len(words) + [0.0] * (width - len(words))
+                    for words in label_tokens
+                ],
+                device=self.device,
+            )
         self._init_training(slot)
         for name in lora:
             self._hook(name)
-        self.waiting.append(slot)
+        if queue:
+            self.waiting.append(slot)
         return slot
 
     def _init_training(self, slot: Slot) -> None:
         from transformers import get_linear_schedule_with_warmup
 
         cfg, params = slot.cfg, slot.parameters()
+        slot.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if not params:  # an LM head with no adapter: the zero-shot model, nothing to train
+            slot.total = 0
+            return
         slot.opt = torch.optim.AdamW(
             [
                 {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
@@ -272,11 +334,30 @@ class PackedEngine:
         )
         slot.log_every = max(1, math.ceil(slot.total / MAX_CURVE_POINTS))
         slot.order = row_order(len(slot.train_data), cfg)
-        slot.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
 
     def _reset(self, slot: Slot) -> Slot:
         """The slot as it was when added (after an out-of-memory restart)."""
-        return self.add(slot.key, slot.params, slot.train_data, slot.eval_data, slot.cfg.seed)
+        tokens = None if slot.label_tokens is None else self._words_of(slot)
+        return self.add(
+            slot.key, slot.params, slot.train_data, slot.eval_data, slot.cfg.seed, tokens
+        )
+
+    @staticmethod
+    def _words_of(slot: Slot) -> list[list[int]]:
+        return [
+            [int(t) for t, w in zip(row, weights, strict=True) if w > 0]
+            for row, weights in zip(
+                slot.label_tokens.tolist(), slot.label_weights.tolist(), strict=True
+            )
+        ]
+
+    def score_untrained(
+        self, params: dict[str, Any], eval_data: Encoded, label_tokens: list[list[int]]
+    ) -> EvalResult:
+        """Evaluate the base model alone (zero-shot): no adapters, nothing trained."""
+        bare = {**params, "lora_r": 0, "prompt_length": 0}
+        slot = self.add(("zero-shot",), bare, eval_data, eval_data, 0, label_tokens, queue=False)
+        return self.evaluate([slot])[slot.key]
 
     # -- hooks: LoRA on target layers, per-slot heads -------------------------------------------
 
@@ -384,9 +465,43 @@ class PackedEngine:
         self.layout.widths = [s.prompt_length + b["input_ids"].shape[1] for s, b in items]
         self.layout.width, self.layout.left_pad = width, self.left_pad
         try:
-            return self.base(**kwargs).logits
+            if self.lm_kind is None:
+                return self.base(**kwargs).logits
+            return self._verbalize(items, kwargs)
         finally:
             self.layout.segments = []
+
+    def _verbalize(self, items: list[tuple[Slot, dict[str, Any]]], kwargs: dict[str, Any]) -> Any:
+        """Class scores from the LM head: at the prediction point of each row (the last token
+        for a causal LM, the ``{mask}`` token for a masked LM), the log-probability of each
+        class's label words, averaged over its words. A word counts by its first token: one
+        forward pass per row, whatever the words (scoring whole multi-token words would take
+        a pass per word for a causal LM and a mask per token for a masked LM), and what the
+        label-word literature (PET, LM-BFF) does. Words of different classes must therefore
+        start with different tokens (checked when the verbalizer is tokenized)."""
+        mask = kwargs["attention_mask"]
+        if self.lm_kind == "causal":
+            # Positions counted over real tokens, so left padding does not shift them.
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(**kwargs).last_hidden_state
+        width = hidden.shape[1]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.lm_kind == "causal":
+            cols = torch.full_like(rows, width - 1) if self.left_pad else mask.sum(-1) - 1
+        else:
+            parts = []
+            for (slot, b), own in zip(items, self.layout.widths, strict=True):
+                shift = slot.prompt_length + ((width - own) if self.left_pad else 0)
+                parts.append(b["positions"] + shift)
+            cols = torch.cat(parts)
+        logp = torch.log_softmax(self.lm_head(hidden[rows, cols]).float(), -1)
+        scores, start = [], 0
+        for slot, b in items:
+            n = b["input_ids"].shape[0]
+            picked = logp[start : start + n][:, slot.label_tokens]  # [n, classes, words]
+            scores.append((picked * slot.label_weights).sum(-1))
+            start += n
+        return torch.cat(scores)
 
     # -- training -------------------------------------------------------------------------------
 
@@ -446,7 +561,13 @@ class PackedEngine:
             torch.cuda.empty_cache()
 
     def _train_step(self) -> list[Finished]:
-        active = self.active
+        active = [s for s in self.active if s.step < s.total]
+        out: list[Finished] = []
+        if active:
+            out = self._optimizer_step(active)
+        return out + self._finish([s for s in self.active if s.step >= s.total])
+
+    def _optimizer_step(self, active: list[Slot]) -> list[Finished]:
         self.layout.training = True
         items = [
             (s, batch_rows(s.train_data, next(s.order), self.device, self.left_pad))  # type: ignore[arg-type]
@@ -483,7 +604,11 @@ class PackedEngine:
                     self.active.remove(slot)
                 else:
                     slot.curve.append(value)
-        ended = [s for s in self.active if s.step >= s.total]
+        return out
+
+    def _finish(self, ended: list[Slot]) -> list[Finished]:
+        """Evaluate the slots that trained all their steps, together, and let them go."""
+        out: list[Finished] = []
         if ended:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -494,7 +619,7 @@ class PackedEngine:
             for s in ended:
                 self.active.remove(s)
                 stats = TrainStats(s.total, s.train_seconds, s.curve, s.log_every)
-                mean_pack = sum(s.pack_sizes) / len(s.pack_sizes)
+                mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
                 out.append(Finished(s.key, s.trainable, stats, results[s.key], None, mean_pack))
         return out
 

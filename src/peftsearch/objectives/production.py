@@ -216,6 +216,12 @@ def train_exported(
     config = Path(config).expanduser().resolve()
     overrides = {"params.epochs": epochs, "params.max_steps": None} if epochs is not None else {}
     space = load_space(config, overrides)
+    if space.model.head == "verbalizer":
+        raise UserError(
+            f"{config}: model.head: verbalizer: `search train` builds classifier-head models "
+            "only so far; the exported config.yaml and training_args.json hold the settings "
+            "(see the README, 'Verbalizer heads')"
+        )
     params = _fixed_params(space)
     file = str(space.file)
     target = Path(to).expanduser().resolve() if to is not None else config.parent / "model"

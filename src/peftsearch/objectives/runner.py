@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftsearch.objectives.data import Encoded, Splits, encode, load_splits
+from peftsearch.errors import SpaceError
+from peftsearch.objectives.data import Encoded, MaskCutOff, Splits, encode, load_splits
 from peftsearch.objectives.metrics import check_metric, load_metric, score
 from peftsearch.objectives.model import count_params, load_base, pick_device
 from peftsearch.spaces import Space, template_text
@@ -54,6 +55,7 @@ class TrialRunner:
         self._metric: Any = None
         self._versions: dict[str, str] | None = None
         self._engine: Any = None
+        self._label_tokens: dict[str, list[list[int]]] = {}
 
     @property
     def splits(self) -> Splits:
@@ -72,6 +74,7 @@ class TrialRunner:
             len(self.space.data.labels),
             self.space.study.seed,
             str(self.space.file),
+            self.space.lm_kind,
         )
         self._base.to(self._device)
         self._base.requires_grad_(False)
@@ -91,14 +94,80 @@ class TrialRunner:
     def encoded(self, template: str) -> tuple[Encoded, Encoded]:
         """Train and eval tensors for a template name, tokenized once per worker."""
         if template not in self._cache:
+            self.setup()
             spec = self.space
             tmpl = spec.templates[template]
             args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
-            self._cache[template] = (
-                encode(self.splits.trial_train, tmpl, *args),
-                encode(self.splits.trial_eval, tmpl, *args),
-            )
+            mask = spec.lm_kind == "masked"
+            try:
+                self._cache[template] = (
+                    encode(self.splits.trial_train, tmpl, *args, mask=mask),
+                    encode(self.splits.trial_eval, tmpl, *args, mask=mask),
+                )
+            except MaskCutOff as exc:
+                raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
         return self._cache[template]
+
+    def label_tokens(self, verbalizer: str) -> list[list[int]]:
+        """Each class's label words as the first token id of each word (see
+        ``PackedEngine._verbalize`` for why the first token).
+
+        Raises:
+            SpaceError: a word with no tokens, or words of two classes that start with the
+                same token (their scores could not differ).
+        """
+        if verbalizer not in self._label_tokens:
+            self.setup()
+            spec, tok = self.space, self._tokenizer
+            key = f"verbalizers.{verbalizer}"
+            out: list[list[int]] = []
+            first_of: dict[int, tuple[str, str]] = {}
+            for label in spec.data.labels:
+                ids = []
+                for word in spec.verbalizers[verbalizer][label]:
+                    pieces = tok(word, add_special_tokens=False)["input_ids"]
+                    if not pieces:
+                        raise SpaceError(str(spec.file), f"{key}.{label}", "no tokens", word)
+                    other = first_of.get(pieces[0])
+                    if other is not None and other[0] != label:
+                        raise SpaceError(
+                            str(spec.file),
+                            key,
+                            f"{other[1]!r} ({other[0]}) and {word!r} ({label}) start with the "
+                            f"same token {tok.convert_ids_to_tokens(pieces[0])!r}; a word is "
+                            "scored by its first token, so pick words that start differently",
+                        )
+                    first_of[pieces[0]] = (label, word)
+                    ids.append(pieces[0])
+                out.append(ids)
+            self._label_tokens[verbalizer] = out
+        return self._label_tokens[verbalizer]
+
+    def zero_shot(self) -> dict[str, dict[str, float]]:
+        """The metric of the untrained LM for every template x verbalizer (model.head
+        verbalizer): what each template and verbalizer gives before any training."""
+        spec = self.space
+        out: dict[str, dict[str, float]] = {}
+        engine = self.engine
+        for template in spec.templates:
+            eval_data = self.encoded(template)[1]
+            out[template] = {}
+            for verbalizer in spec.verbalizers:
+                params = {"template": template, "verbalizer": verbalizer, **self._fixed()}
+                result = engine.score_untrained(params, eval_data, self.label_tokens(verbalizer))
+                out[template][verbalizer] = score(
+                    self._metric,
+                    spec.objectives.metric,
+                    result.predictions,
+                    eval_data.labels.tolist(),
+                    **spec.objectives.metric_kwargs,
+                )
+        return out
+
+    def _fixed(self) -> dict[str, Any]:
+        from peftsearch.spaces import RULES
+
+        return {name: rule.default for name, rule in RULES.items() if name != "template"}
 
     @property
     def engine(self) -> Any:
@@ -108,7 +177,7 @@ class TrialRunner:
 
             self.setup()
             left = self._tokenizer.padding_side == "left"
-            self._engine = PackedEngine(self._base, self._device, left)
+            self._engine = PackedEngine(self._base, self._device, left, lm_kind=self.space.lm_kind)
         return self._engine
 
     def add(self, key: Any, params: dict[str, Any]) -> None:
@@ -119,7 +188,10 @@ class TrialRunner:
         if not len(engine) and self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
         train_data, eval_data = self.encoded(params["template"])
-        engine.add(key, params, train_data, eval_data, self.space.study.seed)
+        tokens = None
+        if self.space.lm_kind is not None:
+            tokens = self.label_tokens(params["verbalizer"])
+        engine.add(key, params, train_data, eval_data, self.space.study.seed, tokens)
 
     def pack(self, size: int) -> RunnerPack:
         """Trials trained ``size`` at a time on the shared base model (see :class:`RunnerPack`)."""

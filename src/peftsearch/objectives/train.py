@@ -69,6 +69,9 @@ def batch_rows(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str,
     }
     if enc.token_type_ids is not None:
         out["token_type_ids"] = enc.token_type_ids[idx][:, cols]
+    if enc.positions is not None:  # the {mask} column, in the trimmed batch
+        shift = enc.input_ids.shape[1] - width if left_pad else 0
+        out["positions"] = enc.positions[idx] - shift
     return {k: v.to(device, non_blocking=True) for k, v in out.items()}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import load_splits
@@ -37,12 +39,19 @@ def check_space(space: Space) -> Iterator[str]:
     )
     from transformers import AutoConfig, AutoTokenizer  # imports torch: after the data checks
 
-    kwargs = {"trust_remote_code": space.model.trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": space.model.trust_remote_code}
+    where = space.model.path
+    if where.endswith(".gguf"):
+        where, kwargs["gguf_file"] = str(Path(where).parent), Path(where).name
     try:
-        config = AutoConfig.from_pretrained(space.model.path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(space.model.path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise model_error(file, space.model.path, exc) from None
+        config = AutoConfig.from_pretrained(where, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise model_error(file, space.model.path, exc, space.lm_kind) from None
+    if space.lm_kind == "masked" and tokenizer.mask_token is None:
+        raise SpaceError(
+            file, "model.path", "the templates use {mask} but this tokenizer has no mask token"
+        )
     limit = getattr(config, "max_position_embeddings", None)
     longest = space.model.max_length + _max_prompt_length(space)
     if limit is not None and longest > limit:
@@ -59,7 +68,14 @@ def check_space(space: Space) -> Iterator[str]:
     metric = load_metric(objectives.metric, file)
     check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
     yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
+    if space.lm_kind is not None:
+        yield (
+            f"head: verbalizer ({space.lm_kind} LM; label words scored "
+            + ("at {mask})" if space.lm_kind == "masked" else "after the template's end)")
+        )
     row = splits.train.iloc[0].to_dict()
+    if space.lm_kind == "masked":
+        row["mask"] = tokenizer.mask_token
     for name, template in space.templates.items():
         text = render(template, row)
         pair = text if isinstance(text, tuple) else (text, None)

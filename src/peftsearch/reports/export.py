@@ -92,6 +92,11 @@ def _config_yaml(
         "model": space["model"],
         "data": data,
         "templates": {params["template"]: template},
+        **(
+            {"verbalizers": {params["verbalizer"]: space["verbalizers"][params["verbalizer"]]}}
+            if params.get("verbalizer")
+            else {}
+        ),
         "params": params,
         "objectives": space["objectives"],
         "study": {

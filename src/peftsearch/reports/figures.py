@@ -109,6 +109,7 @@ class ReportData:
     history: History
     curves: list[LossCurve]
     table: list[dict[str, Any]] = field(default_factory=list)  # pareto.pareto_rows
+    zero_shot: list[dict[str, Any]] = field(default_factory=list)  # zero_shot_rows
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -365,6 +366,33 @@ def summary(study: optuna.Study) -> Summary:
     )
 
 
+def zero_shot_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """model.head verbalizer: per template x verbalizer, the untrained model's metric (the
+    ``zero_shot`` study attribute), the best trained trial's and what training added."""
+    zero = study.user_attrs.get("zero_shot") or {}
+    best: dict[tuple[str, str], tuple[float, int]] = {}
+    for t in _complete(study):
+        config = _config(study, t)
+        key = (str(config.get("template")), str(config.get("verbalizer")))
+        if t.values[1] > 0 and (key not in best or t.values[0] > best[key][0]):
+            best[key] = (t.values[0], t.number)
+    rows = []
+    for template, by_verbalizer in zero.items():
+        for verbalizer, value in by_verbalizer.items():
+            trained = best.get((template, verbalizer))
+            rows.append(
+                {
+                    "template": template,
+                    "verbalizer": verbalizer,
+                    "zero_shot": float(value),
+                    "best_trained": None if trained is None else trained[0],
+                    "best_trial": None if trained is None else trained[1],
+                    "gain": None if trained is None else trained[0] - float(value),
+                }
+            )
+    return rows
+
+
 def compute_report(study: optuna.Study) -> ReportData:
     """Everything the HTML report shows, from ``study`` and its stored attributes."""
     return ReportData(
@@ -375,4 +403,5 @@ def compute_report(study: optuna.Study) -> ReportData:
         history=history(study),
         curves=loss_curves(study),
         table=pareto_rows(study),
+        zero_shot=zero_shot_rows(study),
     )

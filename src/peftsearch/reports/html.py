@@ -419,6 +419,25 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
     return f'<table id="pareto-table">{head}{"".join(body)}</table>'
 
 
+def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
+    def num(x: Any, fmt: str = "{:.4f}") -> str:
+        return "" if x is None else fmt.format(x)
+
+    head = (
+        f"<tr><th>template</th><th>verbalizer</th><th>zero-shot {esc(metric)}</th>"
+        f"<th>best trained {esc(metric)}</th><th>trial</th><th>gain</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{esc(r['template'])}</td><td>{esc(r['verbalizer'])}</td>"
+        f'<td class="num">{num(r["zero_shot"])}</td>'
+        f'<td class="num">{num(r["best_trained"])}</td>'
+        f'<td class="num">{num(r["best_trial"], "{}")}</td>'
+        f'<td class="num">{num(r["gain"], "{:+.4f}")}</td></tr>'
+        for r in rows
+    )
+    return f'<table id="zero-shot">{head}{body}</table>'
+
+
 def _json(value: Any) -> str:
     return esc(json.dumps(value, ensure_ascii=False, default=str))
 
@@ -513,6 +532,19 @@ def render(data: ReportData) -> str:
                 "The spread of the metric over all trials of each template (box: quartiles and "
                 "median; every trial is a dot). A template whose box sits higher tends to work "
                 "better whatever the other settings.",
+            ),
+            *(
+                [
+                    _section(
+                        "Zero-shot and trained, per template and verbalizer",
+                        _zero_shot_table(data.zero_shot, metric),
+                        "The untrained language model's score for each template and verbalizer "
+                        "(scored once per study), the best trained trial with the same pair, "
+                        "and what training added. Empty: no trained trial with that pair yet.",
+                    )
+                ]
+                if data.zero_shot
+                else []
             ),
             _section(
                 "Parameter importances",

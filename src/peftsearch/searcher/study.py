@@ -269,6 +269,24 @@ def _record_study(
         )
 
 
+def _record_zero_shot(study: Any, space: Space, runner: Any) -> list[str]:
+    """model.head verbalizer: score every template x verbalizer untrained, once per study
+    (stored as the ``zero_shot`` study attribute), so the report can show what training adds.
+    Returns lines to show (none when already stored)."""
+    if space.lm_kind is None or not hasattr(runner, "zero_shot"):
+        return []
+    if study.user_attrs.get("zero_shot"):
+        return []
+    scores = runner.zero_shot()
+    study.set_user_attr("zero_shot", scores)
+    metric = space.objectives.metric
+    return [
+        f"zero-shot {metric} (no training): template {t} x verbalizer {v}: {value:.4f}"
+        for t, by_v in scores.items()
+        for v, value in by_v.items()
+    ]
+
+
 def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None:
     """Write ``<out>/report.html``; a failure (e.g. plotly missing on a GPU host, where reports
     are built later from the copied storage) is a note, never the end of the study."""
@@ -287,8 +305,9 @@ def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None
 def _summary(params: dict[str, Any]) -> str:
     lr = params.get("learning_rate")
     lr_txt = f"{lr:.2e}" if isinstance(lr, int | float) else str(lr)
+    verbalizer = f" x {params['verbalizer']}" if params.get("verbalizer") else ""
     return (
-        f"{params.get('template')} | prompt {params.get('prompt_length')} | "
+        f"{params.get('template')}{verbalizer} | prompt {params.get('prompt_length')} | "
         f"r {params.get('lora_r')} | lr {lr_txt}"
     )
 
@@ -448,6 +467,7 @@ def run_trials(
             trials = study.get_trials(deepcopy=False)
             _requeue_interrupted(study, trials)
             _record_study(study, space, runner, out, warn)
+        zero_shot = _record_zero_shot(study, space, runner)  # not under the lock: it scores
         if not admission.exact:
             warn(
                 f"{mask_url(url)}: no lock across processes for this database; with several "
@@ -458,6 +478,8 @@ def run_trials(
         if on_ready is not None:
             on_ready()
         with make_display(min(done, n_trials)) as display:
+            for line in zero_shot:
+                display.note(line)
             if done:
                 display.note(
                     f"resuming study {space.study_name!r}: {done} of {n_trials} trials done"

@@ -160,8 +160,10 @@ def _check_paths(space: Space, file: str) -> None:
             return value  # a hub id
         if not path.exists():
             raise SpaceError(file, key, f"no such {'directory' if must_be_dir else 'file'}", value)
-        if must_be_dir and not path.is_dir():
-            raise SpaceError(file, key, "must be a model directory, not a file", value)
+        if must_be_dir and not path.is_dir() and path.suffix != ".gguf":
+            raise SpaceError(
+                file, key, "must be a model directory (or a .gguf file), not a file", value
+            )
         return str(path)
 
     def local_file(key: str, value: str) -> str:

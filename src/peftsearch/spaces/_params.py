@@ -134,7 +134,7 @@ ParamSpec = Annotated[
 class Rule:
     """What values a known parameter accepts, and its default when the space omits it."""
 
-    kind: Literal["int", "float", "str", "modules", "optional_int"]
+    kind: Literal["int", "float", "str", "modules", "optional_int", "optional_str"]
     default: Any
     low: float | None = None  # inclusive unless low_open
     high: float | None = None  # inclusive unless high_open
@@ -144,7 +144,7 @@ class Rule:
 
     def check(self, value: Any) -> None:
         """Raise ValueError unless ``value`` is allowed for this parameter."""
-        if self.kind == "optional_int" and value is None:
+        if self.kind in ("optional_int", "optional_str") and value is None:
             return
         if self.kind in ("int", "optional_int"):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -152,7 +152,7 @@ class Rule:
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"must be a number, got {value!r}")
-        elif self.kind == "str":
+        elif self.kind in ("str", "optional_str"):
             if not isinstance(value, str):
                 raise ValueError(f"must be a string, got {value!r}")
             return
@@ -176,6 +176,11 @@ class Rule:
 # The parameters a trial understands. `template` choices are checked against `templates:`.
 RULES: dict[str, Rule] = {
     "template": Rule("str", None, help="name of a template under `templates:`"),
+    "verbalizer": Rule(
+        "optional_str",
+        None,
+        help="name of a verbalizer under `verbalizers:` (model.head: verbalizer)",
+    ),
     "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
     "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
     "learning_rate": Rule("float", 1e-3, low=0, low_open=True, help="AdamW peak learning rate"),

@@ -24,13 +24,21 @@ MAX_PACK = 256  # study.pack
 
 
 class ModelSpec(_Section):
-    path: str = Field(description="local directory, pkg://PACKAGE/dir, or a hub id")
+    path: str = Field(
+        description="local directory, a .gguf file (dequantized on load), pkg://PACKAGE/dir, "
+        "or a hub id"
+    )
     max_length: int = Field(128, ge=8, le=8192, description="tokens per example, template included")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="weights dtype; training autocasts to bf16 on CUDA either way"
     )
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     trust_remote_code: bool = Field(False, description="run code shipped with the model: opt in")
+    head: Literal["classifier", "verbalizer"] = Field(
+        "classifier",
+        description="classifier: a new classification head; verbalizer: the pretrained LM head "
+        "scores each label's words (causal LMs at the template's end, masked LMs at {mask})",
+    )
 
 
 class SplitSpec(_Section):
@@ -131,6 +139,26 @@ class Space(_Section):
     model: ModelSpec
     data: DataSpec
     templates: dict[str, Template] = Field(min_length=1)
+    verbalizers: dict[str, dict[str, list[str]]] = Field(
+        default_factory=dict,
+        description="model.head verbalizer: name -> {label: [words]}; a label's score is the "
+        "mean log-probability of its words' first tokens",
+    )
+
+    @field_validator("verbalizers", mode="before")
+    @classmethod
+    def _one_word(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {
+                name: (
+                    {k: [w] if isinstance(w, str) else w for k, w in m.items()}
+                    if isinstance(m, dict)
+                    else m
+                )
+                for name, m in v.items()
+            }
+        return v
+
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     objectives: ObjectivesSpec = Field(default_factory=ObjectivesSpec)
     study: StudySpec = Field(default_factory=StudySpec)
@@ -140,7 +168,7 @@ class Space(_Section):
     def _cross_checks(self) -> Space:
         for name, tmpl in self.templates.items():
             try:
-                check_template(tmpl, self.data.text_columns)
+                check_template(tmpl, self.data.text_columns, self.model.head == "verbalizer")
             except ValueError as exc:
                 raise PydanticCustomError(
                     "at_key", "{msg}", {"msg": str(exc), "loc": ("templates", name)}
@@ -175,6 +203,7 @@ class Space(_Section):
                     msg = _enqueue_problem(spec, value)
                 if msg:
                     raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
+        self._check_verbalizers()
         template = self.params.get("template")
         if template is not None:
             names: list[Any] = (
@@ -192,6 +221,68 @@ class Space(_Section):
                     },
                 )
         return self
+
+    def _check_verbalizers(self) -> None:
+        def fail(msg: str, *loc: Any) -> None:
+            raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
+
+        verbalizer = self.params.get("verbalizer")
+        if self.model.head == "classifier":
+            if self.verbalizers:
+                fail("verbalizers need model.head: verbalizer", "verbalizers")
+            if verbalizer is not None:
+                fail("a verbalizer needs model.head: verbalizer", "params", "verbalizer")
+            return
+        with_mask = [n for n, t in self.templates.items() if "{mask}" in str(t)]
+        if with_mask and len(with_mask) < len(self.templates):
+            other = next(n for n in self.templates if n not in with_mask)
+            fail(
+                f"all templates or none must have {{mask}} (a masked LM predicts at {{mask}}, a "
+                f"causal LM at the template's end); {with_mask[0]!r} has it, {other!r} not",
+                "templates",
+                other,
+            )
+        if not self.verbalizers:
+            fail(
+                "model.head verbalizer needs at least one verbalizer, e.g. "
+                "{fresh: [' great'], rotten: [' terrible']}",
+                "verbalizers",
+            )
+        labels = list(self.data.labels)
+        for name, mapping in self.verbalizers.items():
+            missing = [label for label in labels if label not in mapping]
+            extra = [label for label in mapping if label not in labels]
+            if missing or extra:
+                fail(
+                    f"must give words for exactly the labels {labels}"
+                    + (f"; missing: {missing}" if missing else "")
+                    + (f"; not a label: {extra}" if extra else ""),
+                    "verbalizers",
+                    name,
+                )
+            for label, words in mapping.items():
+                if not words or not all(isinstance(w, str) and w.strip() for w in words):
+                    fail("needs one or more non-empty words", "verbalizers", name, label)
+        if verbalizer is not None:
+            names: list[Any] = (
+                verbalizer.choices if isinstance(verbalizer, CategoricalDist) else [verbalizer]
+            )
+            unknown = [n for n in names if n not in self.verbalizers]
+            if unknown:
+                fail(
+                    f"no verbalizer named {unknown[0]!r}; verbalizers: "
+                    + ", ".join(self.verbalizers),
+                    "params",
+                    "verbalizer",
+                )
+
+    @property
+    def lm_kind(self) -> Literal["masked", "causal"] | None:
+        """model.head verbalizer: ``masked`` when the templates have ``{mask}``, else
+        ``causal``; None for the classifier head."""
+        if self.model.head != "verbalizer":
+            return None
+        return "masked" if any("{mask}" in str(t) for t in self.templates.values()) else "causal"
 
     # -- derived, filled by load_space ------------------------------------------------------
     _file: Path = Path("space.yaml")
@@ -225,6 +316,10 @@ class Space(_Section):
         """Every parameter a trial needs: the file's entries over the defaults."""
         params: dict[str, Any] = {n: r.default for n, r in RULES.items()}
         params["template"] = CategoricalDist(type="categorical", choices=list(self.templates))
+        if self.model.head == "verbalizer" and self.verbalizers:
+            params["verbalizer"] = CategoricalDist(
+                type="categorical", choices=list(self.verbalizers)
+            )
         params.update(self.params)
         return params
 

@@ -16,6 +16,9 @@ _FORMATTER = string.Formatter()
 Template = str | list[str]
 
 
+MASK = "mask"  # the slot where a masked LM predicts the label word (model.head: verbalizer)
+
+
 def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
     """Return the slots of ``text`` in order, checking each against ``allowed``.
 
@@ -42,6 +45,10 @@ def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
             raise ValueError(f"slot {{{field}}}: attribute or index access is not allowed")
         if conversion or spec:
             raise ValueError(f"slot {{{field}}}: conversions and format specs are not allowed")
+        if field == MASK and field not in allowed:
+            raise ValueError(
+                "slot {mask} needs model.head: verbalizer (a masked LM predicts there)"
+            )
         if field not in allowed:
             raise ValueError(
                 f"slot {{{field}}} is not a declared text column (declared: {', '.join(allowed)})"
@@ -50,8 +57,11 @@ def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
     return fields
 
 
-def check_template(template: Template, text_columns: Sequence[str]) -> None:
-    """Validate a template (or a pair of them) for ``text_columns``.
+def check_template(
+    template: Template, text_columns: Sequence[str], mask_slot: bool = False
+) -> None:
+    """Validate a template (or a pair of them) for ``text_columns``; with ``mask_slot``, one
+    ``{mask}`` slot is allowed too (checked against the model when it is loaded).
 
     Raises:
         ValueError: bad slots, the wrong number of segments, or no text slot at all.
@@ -59,12 +69,18 @@ def check_template(template: Template, text_columns: Sequence[str]) -> None:
     segments = [template] if isinstance(template, str) else list(template)
     if not 1 <= len(segments) <= 2:
         raise ValueError("a template is one string, or a list of two for text pairs")
+    special = [MASK] if mask_slot and MASK not in text_columns else []
     found: list[str] = []
+    masks = 0
     for seg in segments:
-        fields = template_fields(seg, text_columns)
-        if not fields and len(segments) > 1:
+        fields = template_fields(seg, [*text_columns, *special])
+        masks += sum(f in special for f in fields)
+        texts = [f for f in fields if f in text_columns]
+        if not texts and len(segments) > 1:
             raise ValueError("each segment of a pair template needs a text slot")
-        found.extend(fields)
+        found.extend(texts)
+    if masks > 1:
+        raise ValueError("{mask} may appear once")
     if not found:
         raise ValueError(
             "template has no text slot; add one of " + ", ".join(f"{{{c}}}" for c in text_columns)
