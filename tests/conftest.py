@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+# A shell that starts a command in the background without job control (`nohup cmd &` in a
+# script) starts it with SIGINT ignored, and children inherit that: then no Ctrl-C reaches the
+# `search` processes these tests interrupt. The tests are about Ctrl-C in a terminal, so their
+# children start with the default handling.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 POSITIVE = ["good", "great", "superb", "fine", "lovely", "brilliant", "moving", "fun"]
 NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak", "messy", "flat"]
