@@ -34,10 +34,10 @@ WORDS = [*POSITIVE, *NEGATIVE, *FILLER, "review", ":", "verdict", "?", "premise"
 HIDDEN, LAYERS, LABELS = 16, 2, 2
 
 
-def make_tiny_model(path: Path) -> Path:
-    """Save a 2-layer, hidden-16 BERT for sequence classification and its tokenizer to ``path``."""
+def _tiny_bert(path: Path) -> tuple[Any, Any]:
+    """The tiny BERT's tokenizer (vocab written into ``path``) and config; seeds torch."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = path / "vocab.txt"
@@ -51,8 +51,16 @@ def make_tiny_model(path: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=128,
-        num_labels=LABELS,
     )
+    return tokenizer, config
+
+
+def make_tiny_model(path: Path) -> Path:
+    """Save a 2-layer, hidden-16 BERT for sequence classification and its tokenizer to ``path``."""
+    from transformers import BertForSequenceClassification
+
+    tokenizer, config = _tiny_bert(path)
+    config.num_labels = LABELS
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -95,22 +103,10 @@ def make_tiny_llama(path: Path) -> Path:
 
 def make_tiny_mlm(path: Path) -> Path:
     """A 2-layer, hidden-16 BERT masked LM with the tiny BERT's tokenizer (it has [MASK])."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertForMaskedLM
 
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab=str(vocab), do_lower_case=True).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS),
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-    )
+    tokenizer, config = _tiny_bert(path)
+    tokenizer.save_pretrained(path)
     BertForMaskedLM(config).save_pretrained(path)
     return path
 
