@@ -75,7 +75,7 @@ def load_base(
             model = auto.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError, ImportError) as exc:  # "no model here", missing gguf, ...
         raise model_error(file, spec.path, exc, lm_kind) from None
-    if _has_hf_quantizer(model):  # a dequantized GGUF: plain weights from here on
+    if getattr(model, "hf_quantizer", None) is not None:  # a dequantized GGUF: plain weights
         model.hf_quantizer = None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -91,10 +91,6 @@ def load_base(
             spec.path,
         )
     return model, tokenizer
-
-
-def _has_hf_quantizer(model: Any) -> bool:
-    return getattr(model, "hf_quantizer", None) is not None
 
 
 def _offline(exc: BaseException) -> bool:

@@ -104,7 +104,8 @@ class Slot:
     started: float = 0.0
     train_seconds: float = 0.0
     pack_sizes: list[int] = field(default_factory=list)
-    label_tokens: Any = None  # verbalizer: LongTensor [classes, words], first token of each word
+    label_words: list[list[int]] | None = None  # verbalizer: each class's first-token ids
+    label_tokens: Any = None  # label_words padded into a LongTensor [classes, words]
     label_weights: Any = None  # [classes, words]: 1 / words of the class, 0 for padding
 
     @property
@@ -293,6 +294,7 @@ class PackedEngine:
         if self.lm_kind is not None:
             if not label_tokens:
                 raise ValueError("an LM head needs label_tokens")
+            slot.label_words = label_tokens
             width = max(len(words) for words in label_tokens)
             slot.label_tokens = torch.tensor(
                 [words + [words[0]] * (width - len(words)) for words in label_tokens],
@@ -337,19 +339,9 @@ class PackedEngine:
 
     def _reset(self, slot: Slot) -> Slot:
         """The slot as it was when added (after an out-of-memory restart)."""
-        tokens = None if slot.label_tokens is None else self._words_of(slot)
         return self.add(
-            slot.key, slot.params, slot.train_data, slot.eval_data, slot.cfg.seed, tokens
+            slot.key, slot.params, slot.train_data, slot.eval_data, slot.cfg.seed, slot.label_words
         )
-
-    @staticmethod
-    def _words_of(slot: Slot) -> list[list[int]]:
-        return [
-            [int(t) for t, w in zip(row, weights, strict=True) if w > 0]
-            for row, weights in zip(
-                slot.label_tokens.tolist(), slot.label_weights.tolist(), strict=True
-            )
-        ]
 
     def score_untrained(
         self, params: dict[str, Any], eval_data: Encoded, label_tokens: list[list[int]]
@@ -532,8 +524,6 @@ class PackedEngine:
             return []
         try:
             done = self._train_step()
-        except TrialFailed:
-            raise
         except Exception as exc:
             if not is_oom(exc):
                 failed = [Finished(s.key, s.trainable, error=exc) for s in self.active]
