@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,15 @@ def test_a_study_stores_zero_shot_scores_and_runs_verbalizer_trials(
     for t in study.trials:
         assert t.user_attrs["params"]["verbalizer"] in VERBALIZERS
         assert t.params["verbalizer"] in VERBALIZERS
+    # The front names each trial's verbalizer (pareto.csv and the report's table).
+    import pandas as pd
+
+    front = pd.read_csv(space.output_dir / "pareto.csv")
+    by_number = {t.number: t.params["verbalizer"] for t in study.trials}
+    assert len(front) and list(front["verbalizer"]) == [by_number[n] for n in front["trial"]]
+    html = (space.output_dir / "report.html").read_text(encoding="utf-8")
+    table = html.split('<table id="pareto-table">', 1)[1].split("</table>", 1)[0]
+    assert "<th>verbalizer</th>" in table
 
 
 def test_the_report_shows_zero_shot_against_trained(tmp_path, tiny_llama, sentiment_csv) -> None:
@@ -206,25 +217,36 @@ def test_the_report_shows_zero_shot_against_trained(tmp_path, tiny_llama, sentim
             assert r["best_trained"] is None and r["gain"] is None
     html = write_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
     assert '<table id="zero-shot">' in html and "zero-shot accuracy" in html
+    # The figure: one bar per pair for zero-shot, one for the best trained trial.
+    call = re.search(r'Plotly\.newPlot\(\s*"fig-zero-shot",\s*', html)
+    assert call is not None
+    traces, _ = json.JSONDecoder().raw_decode(html[call.end() :])
+    assert [t["name"] for t in traces] == ["zero-shot", "best trained"]
+    assert traces[0]["y"] == [r["zero_shot"] for r in rows]
+    assert traces[1]["y"] == [r["best_trained"] for r in rows]
 
 
-def test_export_keeps_the_verbalizer_and_train_says_it_is_not_built(
-    tmp_path, tiny_llama, sentiment_csv
-) -> None:
+def test_export_keeps_the_verbalizer(tmp_path, tiny_llama, sentiment_csv) -> None:
+    """(`search train` of the export: test_production_verbalizer.py.)"""
     from peftsearch.reports.export import export_trial
-    from tests.conftest import run_cli
 
-    space = load_space(write(tmp_path, tiny_llama, sentiment_csv, "causal"))
+    enqueue = [
+        {"verbalizer": "multi", "lora_r": 2, "prompt_length": 0},
+        {"verbalizer": "plain", "lora_r": 0, "prompt_length": 0},  # the zero-shot model
+    ]
+    path = write(
+        tmp_path, tiny_llama, sentiment_csv, "causal", study={"n_trials": 2, "enqueue": enqueue}
+    )
+    space = load_space(path)
     run_study(space, show_progress=False)
     study = open_study(space, create=False)
-    trial = study.trials[0]
-    to = export_trial(study, trial.number, tmp_path / "exp")
-    exported = load_space(to / "config.yaml")
-    name = trial.params["verbalizer"]
+    lora, zero = (export_trial(study, n, tmp_path / f"exp{n}") for n in (0, 1))
+    exported = load_space(lora / "config.yaml")
     assert exported.model.head == "verbalizer"
-    assert exported.verbalizers == {name: VERBALIZERS[name]}
-    assert exported.search_params()["verbalizer"] == name
-    proc = run_cli("train", str(to / "config.yaml"))
-    assert proc.returncode == 2, proc.stderr
-    assert "builds classifier-head models only so far" in proc.stderr
-    assert not (to / "model").exists()
+    assert exported.verbalizers == {"multi": VERBALIZERS["multi"]}
+    assert exported.search_params()["verbalizer"] == "multi"
+    config = json.loads((lora / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["task_type"] == "CAUSAL_LM"  # the LM's task type, not SEQ_CLS
+    readme = (zero / "README.md").read_text(encoding="utf-8")
+    assert "the zero-shot model" in readme and "linear probe" not in readme
+    assert not (zero / "adapter_config.json").exists()

@@ -303,3 +303,36 @@ def encode(
         lengths=attention.sum(1),
         positions=positions,
     )
+
+
+def label_token_ids(
+    tokenizer: Any, labels: list[str], words: dict[str, list[str]], file: str, key: str
+) -> list[list[int]]:
+    """Each label's words as the first token id of each word (``PackedEngine._verbalize`` says
+    why the first token), in the order of ``labels``.
+
+    Raises:
+        SpaceError: a word with no tokens, or words of two labels that start with the same
+            token (their scores could not differ); ``key`` names the verbalizer.
+    """
+    out: list[list[int]] = []
+    first_of: dict[int, tuple[str, str]] = {}
+    for label in labels:
+        ids = []
+        for word in words[label]:
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise SpaceError(file, f"{key}.{label}", "no tokens", word)
+            other = first_of.get(pieces[0])
+            if other is not None and other[0] != label:
+                raise SpaceError(
+                    file,
+                    key,
+                    f"{other[1]!r} ({other[0]}) and {word!r} ({label}) start with the same "
+                    f"token {tokenizer.convert_ids_to_tokens(pieces[0])!r}; a word is scored by "
+                    "its first token, so pick words that start differently",
+                )
+            first_of[pieces[0]] = (label, word)
+            ids.append(pieces[0])
+        out.append(ids)
+    return out

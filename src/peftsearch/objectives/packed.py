@@ -615,6 +615,17 @@ class PackedEngine:
 
     # -- evaluation -----------------------------------------------------------------------------
 
+    def class_scores(self, slot: Slot, data: Encoded, batch_size: int = 64) -> torch.Tensor:
+        """The class scores (what the cross-entropy sees) of ``slot`` on every row of
+        ``data``, in row order, on the CPU."""
+        self.layout.training = False
+        out = []
+        with torch.no_grad(), autocast(self.device):
+            for idx in torch.arange(len(data)).split(batch_size):
+                batch = batch_rows(data, idx, self.device, self.left_pad)
+                out.append(self._forward([(slot, batch)]).float().cpu())
+        return torch.cat(out)
+
     def evaluate(self, slots: list[Slot]) -> dict[Any, EvalResult]:
         """Predictions (argmax) and mean cross-entropy of each slot on its eval data, all
         slots in the same batches, each in sorted-length chunks of its eval batch size."""

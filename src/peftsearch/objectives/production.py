@@ -20,9 +20,17 @@ kind            files (besides the tokenizer, ``inference.json``, ``training.jso
 
 Loading (:func:`load_model`, also written out as ``load.py`` in the saved directory): base model
 -> for ``lora+prompt``, ``inject_adapter_in_model(LoraConfig.from_pretrained(dir/lora))`` and
-``set_peft_model_state_dict`` -> ``PeftModel.from_pretrained(base, dir)``. :func:`load_model` and
-:func:`predict_texts` import nothing of peftsearch, so ``load.py`` is their source verbatim, and
-:func:`predict` runs exactly the code a user's script runs.
+``set_peft_model_state_dict`` -> ``PeftModel.from_pretrained(base, dir)``. :func:`load_model`,
+:func:`predict_texts` and :func:`label_scores` import nothing of peftsearch, so ``load.py`` is
+their source verbatim, and :func:`predict` runs exactly the code a user's script runs.
+
+Verbalizer heads (``model.head: verbalizer``) train with the search's own engine (one slot: the
+same loop, dropout and label-word scoring as its trials) and are saved in the same layout, as
+peft adapters of the base LM with task type ``CAUSAL_LM`` (causal) or ``FEATURE_EXTRACTION``
+(masked), no head in them; ``head`` there is the zero-shot model (no adapter, nothing saved but
+the tokenizer and ``inference.json``). :func:`label_scores` does the scoring at prediction. Every
+save is loaded back the plain way and must predict what the trained model predicts on up to 16
+test rows (probability gap at most 1e-4), or nothing is written.
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftsearch.errors import UserError
+from peftsearch.errors import TrialFailed, UserError
 
 FORMAT = "peftsearch-model/1"
 
@@ -52,15 +62,29 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
     import torch
     from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     model_dir = Path(model_dir)
     info = json.loads((model_dir / "inference.json").read_text(encoding="utf-8"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = info["dtype"] if info["dtype"] == "auto" else getattr(torch, info["dtype"])
-    remote = info["trust_remote_code"]
+    remote, kind = info["trust_remote_code"], info["kind"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=remote)
-    if info["kind"] == "head":  # a linear probe: the whole model was saved
+    if info.get("head") == "verbalizer":  # the base LM's own head scores the label words
+        auto = AutoModelForMaskedLM if info["lm_kind"] == "masked" else AutoModelForCausalLM
+        where, extra = info["base_model"], {}
+        if where.endswith(".gguf"):  # transformers dequantizes a GGUF file to plain weights
+            where, extra = str(Path(where).parent), {"gguf_file": Path(where).name}
+        model: Any = auto.from_pretrained(where, dtype=dtype, trust_remote_code=remote, **extra)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        tokenizer.padding_side = tokenizer.truncation_side = info["padding_side"]
+    elif kind == "head":  # a linear probe: the whole model was saved
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=remote
         )
@@ -77,15 +101,16 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        if info["kind"] == "lora+prompt":  # LoRA beneath the soft prompt: inject it, load it
-            lora_dir = model_dir / "lora"
-            model = inject_adapter_in_model(LoraConfig.from_pretrained(str(lora_dir)), model)
-            weights = load_file(lora_dir / "adapter_model.safetensors")
-            result: Any = set_peft_model_state_dict(model, weights)
-            missing = [k for k in result.missing_keys if "lora_" in k]
-            if result.unexpected_keys or missing:
-                bad = (result.unexpected_keys + missing)[:3]
-                raise ValueError(f"the LoRA weights in {lora_dir} do not fit the model: {bad}")
+    if kind == "lora+prompt":  # LoRA beneath the soft prompt: inject it, load it
+        lora_dir = model_dir / "lora"
+        model = inject_adapter_in_model(LoraConfig.from_pretrained(str(lora_dir)), model)
+        weights = load_file(lora_dir / "adapter_model.safetensors")
+        result: Any = set_peft_model_state_dict(model, weights)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            bad = (result.unexpected_keys + missing)[:3]
+            raise ValueError(f"the LoRA weights in {lora_dir} do not fit the model: {bad}")
+    if kind != "head":
         model = PeftModel.from_pretrained(model, model_dir)
     model.to(device)
     model.eval()
@@ -102,13 +127,16 @@ def predict_texts(
     import torch
 
     columns, template, labels = info["text_columns"], info["template"], info["labels"]
+    masked = info.get("lm_kind") == "masked"
     rendered: list[Any] = []
     for text in texts:
         values = text.split("\t", 1) if len(columns) == 2 else [text]
         if len(values) != len(columns):
             raise ValueError(f"{text!r}: give both {' and '.join(columns)}, separated by a tab")
         row = dict(zip(columns, values, strict=True))
-        # Validated templates hold {column} slots only, so str.format renders them exactly.
+        if masked:  # the {mask} slot: where a masked LM predicts the label word
+            row["mask"] = tokenizer.mask_token
+        # Validated templates hold {column} (and {mask}) slots only: str.format renders them.
         if isinstance(template, str):
             rendered.append(template.format(**row))
         else:
@@ -126,8 +154,12 @@ def predict_texts(
             padding=True,
             return_tensors="pt",
         )
+        enc = {k: v.to(device) for k, v in enc.items()}
         with torch.no_grad():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+            if info.get("head") == "verbalizer":
+                logits = label_scores(model, tokenizer, info, enc)
+            else:
+                logits = model(**enc).logits
         probs = logits.float().softmax(-1).cpu().tolist()
         for text, p in zip(texts[start : start + batch_size], probs, strict=True):
             best = max(range(len(labels)), key=lambda i: p[i])
@@ -135,6 +167,50 @@ def predict_texts(
                 {"text": text, "label": labels[best], "scores": dict(zip(labels, p, strict=True))}
             )
     return out
+
+
+def label_scores(model: Any, tokenizer: Any, info: dict[str, Any], enc: dict[str, Any]) -> Any:
+    """Verbalizer head: each label's score is the mean, over its words, of the LM's
+    log-probability of the word's first token at the prediction point (after the template's
+    end for a causal LM, at the mask token for a masked LM). The soft prompt goes in front of
+    the tokens; positions count real tokens only, so left padding does not shift them."""
+    import torch
+    from peft import PeftModel
+
+    lm: Any = model.get_base_model() if isinstance(model, PeftModel) else model  # LoRA inside
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    types = enc.get("token_type_ids")
+    n, k = ids.shape[0], info["prompt_length"]
+    embeds = lm.get_input_embeddings()(ids)
+    if k:
+        embeds = torch.cat([model.get_prompt(batch_size=n).to(embeds.dtype), embeds], 1)
+        mask = torch.cat([mask.new_ones(n, k), mask], 1)
+        if types is not None:
+            types = torch.cat([types.new_zeros(n, k), types], 1)
+    kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
+    if types is not None:
+        kwargs["token_type_ids"] = types
+    rows = torch.arange(n, device=ids.device)
+    if info["lm_kind"] == "causal":
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        left = tokenizer.padding_side == "left"
+        cols = torch.full_like(rows, mask.shape[1] - 1) if left else mask.sum(-1) - 1
+    else:
+        hits = ids == tokenizer.mask_token_id
+        cut = int((~hits.any(1)).sum())
+        if cut:
+            raise ValueError(
+                f"max_length {info['max_length']} cuts the template's {{mask}} slot off "
+                f"{cut} text(s): shorten them"
+            )
+        cols = hits.int().argmax(1) + k
+    backbone: Any = lm.base_model  # the transformer without its LM head
+    (head,) = [m for m in lm.children() if m is not backbone and any(True for _ in m.parameters())]
+    hidden = backbone(**kwargs).last_hidden_state
+    logp = torch.log_softmax(head(hidden[rows, cols]).float(), -1)
+    return torch.stack(
+        [logp[:, words].mean(-1) for words in info["label_token_ids"]], -1
+    )  # [rows, labels]
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -177,14 +253,6 @@ def _check_provenance(config: Path, record: dict[str, Any]) -> None:
         )
 
 
-def _progress(every: int) -> Any:
-    def on_step(step: int, total: int) -> None:
-        if step % every == 0 or step == total:
-            print(f"step {step}/{total}", file=sys.stderr, flush=True)
-
-    return on_step
-
-
 def train_exported(
     config: Path, epochs: int | None = None, to: Path | None = None, quiet: bool = False
 ) -> dict[str, Any]:
@@ -203,25 +271,16 @@ def train_exported(
         UserError: a bad config, a searched (not fixed) parameter, data or model problems, or
             ``to`` already exists.
     """
-    import torch
-
-    from peftsearch.objectives.data import encode, load_splits
+    from peftsearch.objectives.data import load_splits
     from peftsearch.objectives.metrics import check_metric, load_metric, score
-    from peftsearch.objectives.model import PeftPlan, build, count_params, load_base, pick_device
+    from peftsearch.objectives.model import pick_device
     from peftsearch.objectives.runner import versions
-    from peftsearch.objectives.train import TrainConfig, evaluate_model, train
     from peftsearch.reports.export import kind_of
     from peftsearch.spaces import load_space, template_text
 
     config = Path(config).expanduser().resolve()
     overrides = {"params.epochs": epochs, "params.max_steps": None} if epochs is not None else {}
     space = load_space(config, overrides)
-    if space.model.head == "verbalizer":
-        raise UserError(
-            f"{config}: model.head: verbalizer: `search train` builds classifier-head models "
-            "only so far; the exported config.yaml and training_args.json hold the settings "
-            "(see the README, 'Verbalizer heads')"
-        )
     params = _fixed_params(space)
     file = str(space.file)
     target = Path(to).expanduser().resolve() if to is not None else config.parent / "model"
@@ -236,40 +295,11 @@ def train_exported(
     splits = load_splits(space)
     _check_provenance(config, splits.record)
     device = pick_device(space.model.device)
-    base, tokenizer = load_base(space.model, len(labels), seed, file)
-    base.to(device)
-    base.requires_grad_(False)
-    base_params = count_params(base, trainable=False)
-    torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
-    plan = PeftPlan.from_params(params)
-    model = build(base, plan)
-    del base
-    trainable = count_params(model)
-    model.to(device)
-    cols = (tokenizer, space.model.max_length, space.data.text_columns)
-    train_data = encode(splits.train, template, *cols)
-    cfg = TrainConfig.from_params(params, seed)
-    left = tokenizer.padding_side == "left"
-    total = cfg.total_steps(len(train_data))
-    on_step = None if quiet else _progress(max(1, total // 10))
-    stats = train(model, train_data, cfg, device, left, on_step)
-    del train_data
-    scores: dict[str, float] = {}
-    for split in ("validation", "test"):
-        df = getattr(splits, split)
-        enc = encode(df, template, *cols)
-        result = evaluate_model(model, enc, device, max(64, 2 * cfg.batch_size), left)
-        scores[split] = score(
-            metric,
-            objectives.metric,
-            result.predictions,
-            enc.labels.tolist(),
-            **objectives.metric_kwargs,
-        )
     kind = kind_of(params)
-    info = {
+    info: dict[str, Any] = {
         "format": FORMAT,
         "kind": kind,
+        "head": space.model.head,
         "base_model": space.model.path,
         "dtype": space.model.dtype,
         "trust_remote_code": space.model.trust_remote_code,
@@ -280,6 +310,25 @@ def train_exported(
         "text_columns": list(space.data.text_columns),
         "max_length": space.model.max_length,
     }
+    probe = [_as_text(r, space.data.text_columns) for r in splits.test.head(16).to_dict("records")]
+    on_step = None if quiet else _progress
+    train_fn = _train_classifier if space.lm_kind is None else _train_verbalizer
+    try:
+        trained = train_fn(space, params, splits, device, on_step, info, probe)
+    except TrialFailed as exc:  # a non-finite loss, out of memory
+        raise UserError(f"{config}: training failed: {exc}") from None
+    info.update(trained.info)
+    scores = {
+        split: score(
+            metric,
+            objectives.metric,
+            preds,
+            getattr(splits, split)["label"].tolist(),
+            **objectives.metric_kwargs,
+        )
+        for split, preds in trained.predictions.items()
+    }
+    cfg, stats = trained.cfg, trained.stats
     name = objectives.metric
     summary: dict[str, Any] = {
         "metric": name,
@@ -289,14 +338,14 @@ def train_exported(
         "train_rows": len(splits.train),
         **({"epochs": cfg.epochs} if cfg.max_steps is None else {"max_steps": cfg.max_steps}),
         "train_steps": stats.steps,
-        "trainable_params": trainable,
+        "trainable_params": trained.trainable,
         "train_seconds": round(stats.seconds, 2),
     }
     record = {
         **summary,
         "params": params,
         "template_text": template_text(template),
-        "base_params": base_params,
+        "base_params": trained.base_params,
         "device": str(device),
         "data": {
             "source": splits.record["source"],
@@ -309,10 +358,245 @@ def train_exported(
         "versions": versions(),
         "trained_at": time.time(),
     }
-    probe = [_as_text(r, space.data.text_columns) for r in splits.test.head(16).to_dict("records")]
-    _save(model, tokenizer, info, record, target, probe)
+    _save(trained, info, record, target, probe, str(device))
     summary["saved"] = str(target)
     return summary
+
+
+@dataclass
+class _Trained:
+    """A trained configuration, whichever head: what :func:`train_exported` reports and saves."""
+
+    tokenizer: Any
+    cfg: Any  # TrainConfig
+    stats: Any  # TrainStats
+    trainable: int
+    base_params: int
+    predictions: dict[str, list[int]]  # validation and test, argmax per row
+    write: Callable[[Path], None]  # writes the trained weights into a directory
+    want: list[dict[str, Any]]  # the trained model's own predictions of the probe texts
+    info: dict[str, Any] = field(default_factory=dict)  # what inference.json adds for this head
+
+
+def _progress(step: int, total: int) -> None:
+    every = max(1, total // 10)
+    if step % every == 0 or step == total:
+        print(f"step {step}/{total}", file=sys.stderr, flush=True)
+
+
+def _train_classifier(
+    space: Any,
+    params: dict[str, Any],
+    splits: Any,
+    device: Any,
+    on_step: Callable[[int, int], None] | None,
+    info: dict[str, Any],
+    probe: list[str],
+) -> _Trained:
+    """A new classification head: peft's own model (:func:`~peftsearch.objectives.model.build`)
+    trained by the plain loop; tests check that it trains as the search's engine does."""
+    import torch
+
+    from peftsearch.objectives.data import encode
+    from peftsearch.objectives.model import PeftPlan, build, count_params, load_base
+    from peftsearch.objectives.train import TrainConfig, evaluate_model, train
+    from peftsearch.reports.export import kind_of
+
+    seed = space.study.seed
+    template = space.templates[params["template"]]
+    base, tokenizer = load_base(space.model, len(space.data.labels), seed, str(space.file))
+    base.to(device)
+    base.requires_grad_(False)
+    base_params = count_params(base, trainable=False)
+    torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
+    model = build(base, PeftPlan.from_params(params))  # a copy: the base can go
+    del base
+    trainable = count_params(model)
+    model.to(device)
+    cols = (tokenizer, space.model.max_length, space.data.text_columns)
+    train_data = encode(splits.train, template, *cols)
+    cfg = TrainConfig.from_params(params, seed)
+    left = tokenizer.padding_side == "left"
+    stats = train(model, train_data, cfg, device, left, on_step)
+    del train_data
+    predictions = {}
+    for split in ("validation", "test"):
+        enc = encode(getattr(splits, split), template, *cols)
+        result = evaluate_model(model, enc, device, max(64, 2 * cfg.batch_size), left)
+        predictions[split] = result.predictions
+
+    def write(into: Path) -> None:
+        kind = kind_of(params)
+        if kind == "head":
+            labels = list(space.data.labels)
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {n: i for i, n in enumerate(labels)}
+        model.save_pretrained(into)  # the outer PeftModel (adapter + head), or the probe
+        if kind == "lora+prompt":
+            _save_injected_lora(model, into / "lora", space.model.path)
+
+    want = predict_texts(model, tokenizer, info, probe)
+    return _Trained(tokenizer, cfg, stats, trainable, base_params, predictions, write, want)
+
+
+def _train_verbalizer(
+    space: Any,
+    params: dict[str, Any],
+    splits: Any,
+    device: Any,
+    on_step: Callable[[int, int], None] | None,
+    info: dict[str, Any],
+    probe: list[str],
+) -> _Trained:
+    """The LM's own head scores label words: trained by the search's engine with one slot
+    (the same loop, dropout and scoring as its trials), then written as plain peft adapters."""
+    from peftsearch.errors import SpaceError
+    from peftsearch.objectives.data import MaskCutOff, encode, label_token_ids
+    from peftsearch.objectives.model import count_params, load_base
+    from peftsearch.objectives.packed import PackedEngine
+
+    file, seed = str(space.file), space.study.seed
+    labels = list(space.data.labels)
+    base, tokenizer = load_base(space.model, len(labels), seed, file, space.lm_kind)
+    base.to(device)
+    base.requires_grad_(False)
+    base_params = count_params(base, trainable=False)
+    name = params["verbalizer"]
+    template = space.templates[params["template"]]
+    cols = (tokenizer, space.model.max_length, space.data.text_columns)
+    masked = space.lm_kind == "masked"
+    words = label_token_ids(
+        tokenizer, space.data.labels, space.verbalizers[name], file, f"verbalizers.{name}"
+    )
+    try:
+        data = {
+            split: encode(getattr(splits, split), template, *cols, mask=masked)
+            for split in ("train", "validation", "test")
+        }
+    except MaskCutOff as exc:
+        raise SpaceError(file, f"templates.{params['template']}", str(exc)) from None
+    left = tokenizer.padding_side == "left"
+    engine = PackedEngine(base, device, left, lm_kind=space.lm_kind)
+    try:
+        slot = engine.add("train", params, data["train"], data["validation"], seed, words)
+        while not (finished := engine.step()):
+            if on_step is not None:
+                for _, step, total in engine.progress():
+                    on_step(step, total)
+        (done,) = finished
+        if done.error is not None:
+            raise done.error
+        assert done.stats is not None and done.result is not None
+        if on_step is not None:
+            on_step(done.stats.steps, done.stats.steps)
+        slot.eval_data = data["test"]
+        test = engine.evaluate([slot])[slot.key]
+        want = _engine_predictions(engine, slot, probe, info, template, cols, masked)
+    finally:
+        engine.close()  # hooks off: the base model is plain again
+    predictions = {"validation": done.result.predictions, "test": test.predictions}
+
+    def write(into: Path) -> None:
+        _save_lm_adapters(base, slot, space.lm_kind, space.model.path, into)
+
+    extra = {
+        "lm_kind": space.lm_kind,
+        "padding_side": tokenizer.padding_side,
+        "verbalizer": name,
+        "label_words": {label: space.verbalizers[name][label] for label in labels},
+        "label_token_ids": words,
+        "prompt_length": slot.prompt_length,
+    }
+    return _Trained(
+        tokenizer,
+        slot.cfg,
+        done.stats,
+        slot.trainable,
+        base_params,
+        predictions,
+        write,
+        want,
+        extra,
+    )
+
+
+def _engine_predictions(
+    engine: Any,
+    slot: Any,
+    texts: list[str],
+    info: dict[str, Any],
+    template: Any,
+    cols: tuple[Any, int, list[str]],
+    masked: bool,
+) -> list[dict[str, Any]]:
+    """What the engine's trained slot predicts for ``texts`` (``predict_texts`` rows)."""
+    import pandas as pd
+
+    from peftsearch.objectives.data import encode
+
+    if not texts:
+        return []
+    labels, columns = info["labels"], info["text_columns"]
+    rows = [dict(zip(columns, t.split("\t", 1), strict=True)) for t in texts]
+    data = encode(pd.DataFrame(rows).assign(label=0), template, *cols, mask=masked)
+    probs = engine.class_scores(slot, data).softmax(-1).tolist()
+    return [
+        {
+            "text": t,
+            "label": labels[max(range(len(labels)), key=p.__getitem__)],
+            "scores": dict(zip(labels, p, strict=True)),
+        }
+        for t, p in zip(texts, probs, strict=True)
+    ]
+
+
+def _save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into: Path) -> None:
+    """A verbalizer slot's LoRA and soft prompt as peft adapters on ``base`` (modified in
+    place: it is not needed after training), in the classifier layout: the top directory holds
+    the outer adapter, ``lora/`` the LoRA beneath a soft prompt."""
+    import torch
+    from peft import (
+        LoraConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,
+        inject_adapter_in_model,
+    )
+
+    task = TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.FEATURE_EXTRACTION
+    plan = slot.plan
+    model: Any = base
+    layers: Any = base
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns about the second modification; expected
+        if slot.lora:
+            lora = LoraConfig(
+                task_type=task,
+                r=plan.lora_r,
+                lora_alpha=plan.lora_alpha,  # type: ignore[arg-type]  # a float in peft
+                lora_dropout=plan.lora_dropout,
+                target_modules=sorted(slot.lora),  # the exact layers the engine trained
+            )
+            if slot.prompt is None:
+                model = get_peft_model(base, lora)
+                layers = model.get_base_model()
+            else:
+                model = layers = inject_adapter_in_model(lora, base)
+            with torch.no_grad():
+                for name, (a, b) in slot.lora.items():
+                    layer = layers.get_submodule(name)
+                    layer.lora_A["default"].weight.copy_(a)
+                    layer.lora_B["default"].weight.copy_(b)
+        if slot.prompt is not None:
+            config = PromptTuningConfig(task_type=task, num_virtual_tokens=slot.prompt_length)
+            model = get_peft_model(model, config)
+            with torch.no_grad():
+                model.prompt_encoder["default"].embedding.weight.copy_(slot.prompt)
+    if slot.lora or slot.prompt is not None:
+        model.peft_config["default"].base_model_name_or_path = base_model
+        model.save_pretrained(into)
+        if slot.lora and slot.prompt is not None:
+            _save_injected_lora(model, into / "lora", base_model)
 
 
 def _as_text(row: dict[str, Any], columns: list[str]) -> str:
@@ -326,34 +610,25 @@ def _umask() -> int:
 
 
 def _save(
-    model: Any,
-    tokenizer: Any,
+    trained: _Trained,
     info: dict[str, Any],
     record: dict[str, Any],
     to: Path,
     probe: list[str],
+    device: str,
 ) -> None:
     """Save into a temp dir beside ``to``, check that it reloads to the same predictions, and
     rename it into place."""
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp"))
     try:
-        kind = info["kind"]
-        if kind == "head":
-            labels = info["labels"]
-            model.config.id2label = dict(enumerate(labels))
-            model.config.label2id = {n: i for i, n in enumerate(labels)}
-            model.save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)  # the outer PeftModel: its adapter and the head
-            if kind == "lora+prompt":
-                _save_injected_lora(model, tmp / "lora", info["base_model"])
-        tokenizer.save_pretrained(tmp)
+        trained.write(tmp)
+        trained.tokenizer.save_pretrained(tmp)
         (tmp / "inference.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
         (tmp / "load.py").write_text(load_py(), encoding="utf-8")
         (tmp / "README.md").write_text(_readme(info, record), encoding="utf-8")
-        _check_reload(model, tokenizer, info, tmp, probe)
+        _check_reload(trained.want, tmp, probe, device)
         mask = _umask()
         for path in tmp.rglob("*"):  # safetensors writes 0600; give every file the same mode
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
@@ -383,14 +658,11 @@ def _save_injected_lora(model: Any, lora_dir: Path, base_model: str) -> None:
     save_file(weights, str(lora_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def _check_reload(
-    model: Any, tokenizer: Any, info: dict[str, Any], saved: Path, probe: list[str]
-) -> None:
-    """The saved directory, loaded the plain way, must predict what the trained model does."""
+def _check_reload(want: list[dict[str, Any]], saved: Path, probe: list[str], device: str) -> None:
+    """The saved directory, loaded the plain way, must predict ``want``: what the trained
+    model predicts for the ``probe`` texts."""
     if not probe:
         return
-    device = str(next(model.parameters()).device)
-    want = predict_texts(model, tokenizer, info, probe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
         again, again_tok, again_info = load_model(saved, device)
@@ -437,6 +709,8 @@ def load_py() -> str:
             "",
             inspect.getsource(predict_texts),
             "",
+            inspect.getsource(label_scores),
+            "",
             'if __name__ == "__main__":',
             "    from transformers.utils import logging",
             "",
@@ -475,6 +749,8 @@ model = PeftModel.from_pretrained(base, DIR)""",
 
 
 def _readme(info: dict[str, Any], record: dict[str, Any]) -> str:
+    if info.get("head") == "verbalizer":
+        return _readme_verbalizer(info, record)
     kind, name = info["kind"], record["metric"]
     layout = {
         "head": "a whole transformers model (`config.json`, `model.safetensors`): the base with "
@@ -550,6 +826,77 @@ def _readme(info: dict[str, Any], record: dict[str, Any]) -> str:
             "",
             "`torch.manual_seed(seed)` before loading the base makes any weight its checkpoint "
             "lacks (besides the head, which is saved) start as it did in training.",
+            "",
+        ]
+    )
+
+
+def _readme_verbalizer(info: dict[str, Any], record: dict[str, Any]) -> str:
+    kind, name, lm = info["kind"], record["metric"], info["lm_kind"]
+    task = "CAUSAL_LM" if lm == "causal" else "FEATURE_EXTRACTION"
+    auto = "AutoModelForCausalLM" if lm == "causal" else "AutoModelForMaskedLM"
+    layout = {
+        "head": "no adapter: the base LM untrained, with the template and verbalizer below "
+        "(the zero-shot model; nothing was trained).",
+        "lora": f"a peft LoRA adapter (`adapter_config.json` with task type {task}, "
+        "`adapter_model.safetensors`).",
+        "prompt": "a peft prompt-tuning adapter (`adapter_config.json` with task type "
+        f"{task}, `adapter_model.safetensors`: the soft prompt).",
+        "lora+prompt": "two peft adapters (peft has no single config for both): the top "
+        "directory is the prompt-tuning adapter (the soft prompt), `lora/` the LoRA injected "
+        "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt).",
+    }[kind]
+    words = "; ".join(
+        f"{label}: {', '.join(json.dumps(w, ensure_ascii=False) for w in ws)}"
+        for label, ws in info["label_words"].items()
+    )
+    where = "after the template's end" if lm == "causal" else "at the `{mask}` slot"
+    template = json.dumps(info["template"], ensure_ascii=False)
+    return "\n".join(
+        [
+            "# A prompt-based model trained by `search train` (verbalizer head)",
+            "",
+            f"{name} on the test split: **{record[f'test_{name}']:.4f}** ({record['test_rows']} "
+            f"rows the search never saw); validation {record[f'validation_{name}']:.4f}. Trained "
+            f"on the full train split ({record['train_rows']} rows, {record['train_steps']} "
+            f"steps), {record['trainable_params']:,} trainable parameters; no classification "
+            "head: the base model's own LM head predicts.",
+            "",
+            f"Base model: `{info['base_model']}` ({lm} LM). Template: `{template}`. Verbalizer "
+            f"`{info['verbalizer']}`: {words}. A label's score is the mean, over its words, of "
+            f"the LM's log-probability of the word's first token {where}; the label "
+            "probabilities are the softmax of those scores (what training's cross-entropy saw).",
+            "",
+            f"## Layout ({kind})",
+            "",
+            f"This directory is {layout} Beside it: the tokenizer; `inference.json` (base model, "
+            "labels, template, the label words and their first-token ids, soft-prompt length, "
+            "padding side); `training.json` (scores, hyperparameters, the row numbers of the "
+            "splits); `load.py` (the loading and scoring code, runnable).",
+            "",
+            "## Use it",
+            "",
+            "```bash",
+            "search predict DIR --text 'some text'     # with peftsearch",
+            "python DIR/load.py 'some text'            # transformers + peft only",
+            "```",
+            "",
+            "In Python, with transformers + peft only:",
+            "",
+            "```python",
+            "import runpy",
+            'load = runpy.run_path("DIR/load.py")',
+            'model, tokenizer, info = load["load_model"]("DIR")',
+            'print(load["predict_texts"](model, tokenizer, info, ["some text"]))',
+            "```",
+            "",
+            f"`load_model` loads the base with `{auto}` and the adapters with "
+            "`PeftModel.from_pretrained` (LoRA beneath a soft prompt with "
+            "`inject_adapter_in_model` + `set_peft_model_state_dict`); `label_scores` puts the "
+            "soft prompt in front of the tokens and counts positions over real tokens only, as "
+            "training did. peft's own prompt-tuning forward numbers positions from the first "
+            "column, padding included, so with left padding it scores batches a little "
+            "differently: use `label_scores`, or one text at a time.",
             "",
         ]
     )

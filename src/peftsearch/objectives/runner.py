@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftsearch.errors import SpaceError
-from peftsearch.objectives.data import Encoded, MaskCutOff, Splits, encode, load_splits
+from peftsearch.objectives.data import (
+    Encoded,
+    MaskCutOff,
+    Splits,
+    encode,
+    label_token_ids,
+    load_splits,
+)
 from peftsearch.objectives.metrics import check_metric, load_metric, score
 from peftsearch.objectives.model import count_params, load_base, pick_device
 from peftsearch.spaces import Space, template_text
@@ -118,29 +125,14 @@ class TrialRunner:
         """
         if verbalizer not in self._label_tokens:
             self.setup()
-            spec, tok = self.space, self._tokenizer
-            key = f"verbalizers.{verbalizer}"
-            out: list[list[int]] = []
-            first_of: dict[int, tuple[str, str]] = {}
-            for label in spec.data.labels:
-                ids = []
-                for word in spec.verbalizers[verbalizer][label]:
-                    pieces = tok(word, add_special_tokens=False)["input_ids"]
-                    if not pieces:
-                        raise SpaceError(str(spec.file), f"{key}.{label}", "no tokens", word)
-                    other = first_of.get(pieces[0])
-                    if other is not None and other[0] != label:
-                        raise SpaceError(
-                            str(spec.file),
-                            key,
-                            f"{other[1]!r} ({other[0]}) and {word!r} ({label}) start with the "
-                            f"same token {tok.convert_ids_to_tokens(pieces[0])!r}; a word is "
-                            "scored by its first token, so pick words that start differently",
-                        )
-                    first_of[pieces[0]] = (label, word)
-                    ids.append(pieces[0])
-                out.append(ids)
-            self._label_tokens[verbalizer] = out
+            spec = self.space
+            self._label_tokens[verbalizer] = label_token_ids(
+                self._tokenizer,
+                spec.data.labels,
+                spec.verbalizers[verbalizer],
+                str(spec.file),
+                f"verbalizers.{verbalizer}",
+            )
         return self._label_tokens[verbalizer]
 
     def zero_shot(self) -> dict[str, dict[str, float]]:

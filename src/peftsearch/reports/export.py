@@ -37,7 +37,7 @@ import yaml
 from peftsearch import __version__
 from peftsearch.errors import UserError
 from peftsearch.reports.trials import trial_params
-from peftsearch.spaces import template_text
+from peftsearch.spaces import has_mask_slot, template_text
 
 KINDS = {
     (False, False): "head",
@@ -134,18 +134,24 @@ def _config_yaml(
     return text + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def peft_configs(params: dict[str, Any], base: str) -> dict[str, Any]:
+def peft_configs(params: dict[str, Any], base: str, lm_kind: str | None = None) -> dict[str, Any]:
     """peft configs the trial's adapters are built from, by sub-directory ('' = the top).
 
     The same arguments as :func:`peftsearch.objectives.model.build`; with both adapters the soft
-    prompt is the outer model (top) and LoRA the injected part (``lora``).
+    prompt is the outer model (top) and LoRA the injected part (``lora``). ``lm_kind``
+    (``causal`` / ``masked``, verbalizer heads) sets the task type ``search train`` saves with.
     """
     from peft import LoraConfig, PromptTuningConfig, TaskType
 
+    task = {
+        None: TaskType.SEQ_CLS,
+        "causal": TaskType.CAUSAL_LM,
+        "masked": TaskType.FEATURE_EXTRACTION,
+    }[lm_kind]
     out: dict[str, Any] = {}
     if params["lora_r"] > 0:
         out["lora" if params["prompt_length"] > 0 else ""] = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=task,
             r=params["lora_r"],
             lora_alpha=params["lora_alpha"],
             lora_dropout=params["lora_dropout"],
@@ -154,7 +160,7 @@ def peft_configs(params: dict[str, Any], base: str) -> dict[str, Any]:
         )
     if params["prompt_length"] > 0:
         out[""] = PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=task,
             num_virtual_tokens=params["prompt_length"],
             base_model_name_or_path=base,
         )
@@ -258,6 +264,7 @@ def _readme(
     to: Path,
     metric: str,
     sizes: dict[str, int],
+    lm_kind: str | None = None,
 ) -> str:
     kind = kind_of(params)
     me = _row(trial)
@@ -276,7 +283,9 @@ def _readme(
             else "."
         )
     adapter = {
-        "head": "none: a linear probe (only the classification head trains)",
+        "head": "none: the untrained LM scores the label words (the zero-shot model)"
+        if lm_kind
+        else "none: a linear probe (only the classification head trains)",
         "lora": f"LoRA r={params['lora_r']}, alpha={params['lora_alpha']}",
         "prompt": f"a soft prompt of {params['prompt_length']} virtual tokens",
         "lora+prompt": f"LoRA r={params['lora_r']}, alpha={params['lora_alpha']}, plus a soft "
@@ -295,7 +304,8 @@ def _readme(
             "LoRA goes in with `inject_adapter_in_model`, then `get_peft_model` adds the prompt.",
         ]
     elif kind == "head":
-        files.append("- no `adapter_config.json`: a linear probe has no peft adapter.")
+        what = "the zero-shot model" if lm_kind else "a linear probe"
+        files.append(f"- no `adapter_config.json`: {what} has no peft adapter.")
     else:
         name = "LoraConfig" if kind == "lora" else "PromptTuningConfig"
         files.append(f"- `adapter_config.json`: peft's `{name}` (`{name}.from_pretrained(dir)`).")
@@ -363,6 +373,14 @@ def _umask() -> int:
     return mask
 
 
+def _lm_kind(space: dict[str, Any], template: Any) -> str | None:
+    """None (a classifier head), or for a verbalizer head ``masked`` when the template has a
+    ``{mask}`` slot, else ``causal`` (as ``Space.lm_kind``)."""
+    if space["model"].get("head", "classifier") != "verbalizer":
+        return None
+    return "masked" if has_mask_slot(template) else "causal"
+
+
 def export_trial(study: Any, number: int, to: Path) -> Path:
     """Write trial ``number`` of ``study`` to the directory ``to`` (which must not exist).
 
@@ -391,9 +409,10 @@ def export_trial(study: Any, number: int, to: Path) -> Path:
     seed = int(space["study"]["seed"])
     config_text = _config_yaml(study, trial, space, params, template, to)
     targs = training_args(params, seed, sizes.get("train"))
-    configs = peft_configs(params, str(space["model"]["path"]))
+    lm_kind = _lm_kind(space, template)
+    configs = peft_configs(params, str(space["model"]["path"]), lm_kind)
     readme = _readme(
-        study, trial, params, template, neighbours(study, trial), targs, to, metric, sizes
+        study, trial, params, template, neighbours(study, trial), targs, to, metric, sizes, lm_kind
     )
     provenance = {
         "study": study.study_name,

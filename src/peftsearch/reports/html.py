@@ -394,10 +394,11 @@ def _curves_figure(curves: list[LossCurve]) -> str:
 
 
 def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
+    verbalizers = any(r.get("verbalizer") is not None for r in rows)
     head = (
         f"<tr><th>trial</th><th>{esc(metric)}</th><th>trainable params</th><th>% of base</th>"
-        "<th>template</th><th>prompt_length</th><th>lora_r</th><th>learning_rate</th>"
-        "<th>train s</th><th>template text</th></tr>"
+        f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}<th>prompt_length</th>"
+        "<th>lora_r</th><th>learning_rate</th><th>train s</th><th>template text</th></tr>"
     )
     body = []
     for r in rows:
@@ -410,13 +411,43 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
             f'<td class="num">{r["trainable_params"]:,}</td>'
             f'<td class="num">{"" if pct is None else f"{pct:.3f}"}</td>'
             f"<td>{esc(r['template'])}</td>"
-            f'<td class="num">{esc(_num(r["prompt_length"]))}</td>'
+            + (f"<td>{esc(str(r.get('verbalizer')))}</td>" if verbalizers else "")
+            + f'<td class="num">{esc(_num(r["prompt_length"]))}</td>'
             f'<td class="num">{esc(_num(r["lora_r"]))}</td>'
             f'<td class="num">{esc(_num(r["learning_rate"]))}</td>'
             f'<td class="num">{"" if secs is None else f"{secs:.1f}"}</td>'
             f"<td><code>{esc(r['template_text'] or '')}</code></td></tr>"
         )
     return f'<table id="pareto-table">{head}{"".join(body)}</table>'
+
+
+def _zero_shot_figure(rows: list[dict[str, Any]], metric: str) -> str:
+    """Per template x verbalizer: the untrained score beside the best trained trial's."""
+    import plotly.graph_objects as go
+
+    labels = [f"{pesc(r['template'])} × {pesc(r['verbalizer'])}" for r in rows]
+    fig = go.Figure()
+    for key, name, color in (
+        ("zero_shot", "zero-shot", FADED),
+        ("best_trained", "best trained", FRONT),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=[r[key] for r in rows],
+                name=name,
+                marker={"color": color},
+                customdata=[r["best_trial"] if key == "best_trained" else None for r in rows],
+                hovertemplate=f"%{{x}}<br>{name} {pesc(metric)}: %{{y:.4f}}<extra></extra>",
+            )
+        )
+    _layout(
+        fig,
+        barmode="group",
+        yaxis={"title": {"text": pesc(metric)}},
+        xaxis={"title": {"text": "template × verbalizer"}},
+    )
+    return _figure_html(fig, "fig-zero-shot")
 
 
 def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
@@ -537,10 +568,12 @@ def render(data: ReportData) -> str:
                 [
                     _section(
                         "Zero-shot and trained, per template and verbalizer",
-                        _zero_shot_table(data.zero_shot, metric),
+                        _box(_zero_shot_figure(data.zero_shot, metric))
+                        + _zero_shot_table(data.zero_shot, metric),
                         "The untrained language model's score for each template and verbalizer "
-                        "(scored once per study), the best trained trial with the same pair, "
-                        "and what training added. Empty: no trained trial with that pair yet.",
+                        "(grey, scored once per study) beside the best trained trial with the "
+                        "same pair (red), and what training added. No red bar or an empty cell: "
+                        "no trained trial with that pair yet.",
                     )
                 ]
                 if data.zero_shot

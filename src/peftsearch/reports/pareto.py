@@ -13,6 +13,7 @@ COLUMNS = [
     "trainable_params",
     "trainable_pct",
     "template",
+    "verbalizer",
     "prompt_length",
     "lora_r",
     "learning_rate",
@@ -35,6 +36,7 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
                 "trainable_params": int(t.values[1]),
                 "trainable_pct": t.user_attrs.get("trainable_pct"),
                 "template": params.get("template"),
+                "verbalizer": params.get("verbalizer"),  # model.head verbalizer only
                 "prompt_length": params.get("prompt_length"),
                 "lora_r": params.get("lora_r"),
                 "learning_rate": params.get("learning_rate"),
@@ -68,12 +70,14 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
     from rich.table import Table
 
     table = Table(title=f"Pareto front: {escape(metric)} (max) vs trainable parameters (min)")
+    verbalizers = any(r.get("verbalizer") is not None for r in rows)
     for col, justify in [
         ("trial", "right"),
         (escape(metric), "right"),
         ("params", "right"),
         ("% base", "right"),
         ("template", "left"),
+        *([("verbalizer", "left")] if verbalizers else []),
         ("prompt_length", "right"),
         ("lora_r", "right"),
         ("learning_rate", "right"),
@@ -88,6 +92,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
             f"{r['trainable_params']:,}",
             f"{pct:.3f}" if pct is not None else "",
             escape(str(r["template"])),
+            *([escape(str(r.get("verbalizer")))] if verbalizers else []),
             str(r["prompt_length"]),
             str(r["lora_r"]),
             f"{r['learning_rate']:.2e}"

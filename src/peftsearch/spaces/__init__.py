@@ -21,7 +21,7 @@ from peftsearch.spaces._params import (
 )
 from peftsearch.spaces._paths import PathProblem, is_data_file_name, resolve
 from peftsearch.spaces._schema import DataSpec, ModelSpec, ObjectivesSpec, Space, StudySpec
-from peftsearch.spaces._templates import Template, render, template_text
+from peftsearch.spaces._templates import Template, has_mask_slot, render, template_text
 
 __all__ = [
     "RULES",
@@ -35,6 +35,7 @@ __all__ = [
     "Space",
     "StudySpec",
     "Template",
+    "has_mask_slot",
     "load_space",
     "render",
     "template_text",

@@ -17,7 +17,7 @@ from peftsearch.spaces._params import (
     Strict,
     check_param,
 )
-from peftsearch.spaces._templates import Template, check_template
+from peftsearch.spaces._templates import Template, check_template, has_mask_slot
 
 _Section = Strict
 MAX_PACK = 256  # study.pack
@@ -233,7 +233,7 @@ class Space(_Section):
             if verbalizer is not None:
                 fail("a verbalizer needs model.head: verbalizer", "params", "verbalizer")
             return
-        with_mask = [n for n, t in self.templates.items() if "{mask}" in str(t)]
+        with_mask = [n for n, t in self.templates.items() if has_mask_slot(t)]
         if with_mask and len(with_mask) < len(self.templates):
             other = next(n for n in self.templates if n not in with_mask)
             fail(
@@ -282,7 +282,7 @@ class Space(_Section):
         ``causal``; None for the classifier head."""
         if self.model.head != "verbalizer":
             return None
-        return "masked" if any("{mask}" in str(t) for t in self.templates.values()) else "causal"
+        return "masked" if any(has_mask_slot(t) for t in self.templates.values()) else "causal"
 
     # -- derived, filled by load_space ------------------------------------------------------
     _file: Path = Path("space.yaml")

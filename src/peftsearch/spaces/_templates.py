@@ -87,6 +87,15 @@ def check_template(
         )
 
 
+def has_mask_slot(template: Template) -> bool:
+    """True when the template has a ``{mask}`` slot (escaped ``{{mask}}`` is literal text)."""
+    segments = [template] if isinstance(template, str) else list(template)
+    try:
+        return any(f == MASK for seg in segments for _, f, _, _ in _FORMATTER.parse(seg))
+    except ValueError:  # does not parse: check_template says why
+        return False
+
+
 def render(template: Template, row: Mapping[str, object]) -> str | tuple[str, str]:
     """Fill a validated template from ``row``: plain concatenation, no ``str.format``."""
 

@@ -1,0 +1,222 @@
+"""`search train` / `search predict` of verbalizer-head trials (tiny Llama and tiny BERT masked
+LM): trained by the search's engine, saved as plain peft adapters on the base LM, and loaded by
+transformers + peft code that scores the label words exactly as training did."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peftsearch.errors import UserError
+from peftsearch.objectives import production
+from peftsearch.objectives.data import load_splits
+from peftsearch.objectives.production import predict, train_exported
+from peftsearch.reports.export import export_trial
+from peftsearch.searcher import open_study, run_study
+from peftsearch.spaces import load_space
+from tests.conftest import HIDDEN, LAYERS, run_cli
+from tests.objectives.test_production import _gap, _same
+from tests.objectives.test_verbalizer import VERBALIZERS, write
+
+KINDS = ["head", "lora", "prompt", "lora+prompt"]
+LR = 0.03  # the top of the tiny space's range: each adapter moves the scores visibly
+ENQUEUE = [
+    {"template": "review", "verbalizer": "plain", "prompt_length": 0, "lora_r": 0},
+    {"template": "plain", "verbalizer": "multi", "prompt_length": 0, "lora_r": 2},
+    {"template": "review", "verbalizer": "plain", "prompt_length": 2, "lora_r": 0},
+    {"template": "review", "verbalizer": "multi", "prompt_length": 2, "lora_r": 4},
+]
+TEXTS = ["the film was good", "a dull and boring plot", "lovely cast {text}", "awful " * 60]
+LONG = TEXTS[-1]  # longer than max_length: the causal LM keeps its end (left truncation)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# peftsearch blocked: the shipped load.py, and peft's own forward on one text at a time (no
+# padding, so its position numbering equals training's) with the label words scored by hand.
+PLAIN = r"""
+import json, runpy, sys
+sys.modules["peftsearch"] = None
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+TEXTS = json.loads(sys.argv[1])
+result = {}
+for d in sys.argv[2:]:
+    shipped = runpy.run_path(f"{d}/load.py")
+    model, tokenizer, info = shipped["load_model"](d, "cpu")
+    row = result[d] = {"load_py": shipped["predict_texts"](model, tokenizer, info, TEXTS)}
+    if info["kind"] in ("lora", "prompt"):
+        auto = AutoModelForCausalLM if info["lm_kind"] == "causal" else AutoModelForMaskedLM
+        peft_model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model"]), d).eval()
+        tok = AutoTokenizer.from_pretrained(d)
+        rows = []
+        for raw in TEXTS:
+            fields = {info["text_columns"][0]: raw, "mask": tok.mask_token}
+            enc = tok(info["template"].format(**fields), truncation=True,
+                      max_length=info["max_length"], return_tensors="pt")
+            with torch.no_grad():
+                logits = peft_model(**enc).logits[0]
+            if info["lm_kind"] == "causal":
+                col = -1
+            else:
+                k = info["prompt_length"]
+                col = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0]) + k
+            logp = logits[col].log_softmax(-1)
+            s = torch.stack([logp[w].mean() for w in info["label_token_ids"]]).softmax(-1)
+            best = int(s.argmax())
+            rows.append({"text": raw, "label": info["labels"][best],
+                         "scores": dict(zip(info["labels"], s.tolist()))})
+        row["peft_forward"] = rows
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module", params=["causal", "masked"])
+def trained(request, tmp_path_factory, tiny_llama: Path, tiny_mlm: Path, sentiment_csv: Path):
+    """A tiny verbalizer study; one trial per adapter kind exported and trained."""
+    lm = request.param
+    root = tmp_path_factory.mktemp(f"production_{lm}")
+    model = tiny_llama if lm == "causal" else tiny_mlm
+    enqueue = [{**e, "learning_rate": LR} for e in ENQUEUE]
+    study_cfg = {"name": "v", "n_trials": 4, "seed": 1, "enqueue": enqueue}
+    space_file = write(root, model, sentiment_csv, lm, study=study_cfg)
+    run_study(load_space(space_file), show_progress=False)
+    study = open_study(load_space(space_file), create=False)
+    out: dict[str, Any] = {"lm": lm, "root": root, "space": space_file, "results": {}}
+    for number, kind in enumerate(KINDS):
+        export = export_trial(study, number, root / f"export_{number}")
+        if kind == "lora" and lm == "causal":
+            proc = run_cli("train", str(export / "config.yaml"))
+            assert proc.returncode == 0, proc.stderr
+            out["cli_train"] = proc
+            result = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+        else:
+            result = train_exported(export / "config.yaml", quiet=True)
+        out["results"][kind] = result
+        out[kind] = export / "model"
+    return out
+
+
+def _splits(trained: dict[str, Any]) -> Any:
+    return load_splits(load_space(trained["lora"].parent / "config.yaml"))
+
+
+def test_reported_scores_are_what_the_saved_model_predicts(trained) -> None:
+    """The engine's validation and test accuracy, recomputed through `search predict` (the
+    plain-loaded model) on every row of those splits."""
+    splits = _splits(trained)
+    for kind in KINDS:
+        result = trained["results"][kind]
+        for split in ("validation", "test"):
+            df = getattr(splits, split)
+            rows = predict(trained[kind], df["text"].tolist())
+            labels = ["neg", "pos"]
+            hits = sum(r["label"] == labels[y] for r, y in zip(rows, df["label"], strict=True))
+            assert float(result[f"{split}_accuracy"]) == pytest.approx(hits / len(df), abs=1e-6)
+    if trained["lm"] == "causal":  # the tiny Llama learns the planted words in 20 steps
+        assert float(trained["results"]["lora+prompt"]["test_accuracy"]) >= 0.7
+        assert float(trained["results"]["head"]["test_accuracy"]) == 0.5
+
+
+def test_saved_layout_and_trainable_counts(trained) -> None:
+    from safetensors.torch import load_file
+
+    task = "CAUSAL_LM" if trained["lm"] == "causal" else "FEATURE_EXTRACTION"
+    for kind in KINDS:
+        d = trained[kind]
+        names = {p.name for p in d.iterdir()}
+        assert {"inference.json", "training.json", "load.py", "README.md"} <= names
+        info = json.loads((d / "inference.json").read_text(encoding="utf-8"))
+        assert (info["kind"], info["head"], info["lm_kind"]) == (kind, "verbalizer", trained["lm"])
+        words = VERBALIZERS[info["verbalizer"]]
+        assert info["label_words"] == {label: words[label] for label in ("neg", "pos")}
+        assert info["padding_side"] == ("left" if trained["lm"] == "causal" else "right")
+        assert ("adapter_config.json" in names) == (kind != "head")
+        assert ("lora" in names) == (kind == "lora+prompt")
+        assert "model.safetensors" not in names  # the base LM is not copied
+        saved = 0
+        for sub in ("", "lora"):
+            if (d / sub / "adapter_config.json").is_file():
+                config = json.loads((d / sub / "adapter_config.json").read_text())
+                assert config["task_type"] == task
+                tensors = load_file(d / sub / "adapter_model.safetensors")
+                saved += sum(t.numel() for t in tensors.values())
+        trainable = int(trained["results"][kind]["trainable_params"])
+        assert saved == trainable  # every trained weight is saved, and nothing else
+        # Hand counts: LoRA r x (in + out) on query/value (BERT) or q_proj/v_proj (Llama, as
+        # many key/value heads as heads: hidden -> hidden) of each layer; the prompt 2 x
+        # hidden; no head.
+        r, k = {"head": (0, 0), "lora": (2, 0), "prompt": (0, 2), "lora+prompt": (4, 2)}[kind]
+        assert trainable == r * LAYERS * 2 * (HIDDEN + HIDDEN) + k * HIDDEN
+        readme = (d / "README.md").read_text(encoding="utf-8")
+        assert f"## Layout ({kind})" in readme and "verbalizer head" in readme
+
+
+def test_plain_stack_predicts_what_predict_does(trained) -> None:
+    dirs = [str(trained[kind]) for kind in KINDS]
+    texts = TEXTS if trained["lm"] == "causal" else TEXTS[:-1]
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN, json.dumps(texts), *dirs],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads(proc.stdout.splitlines()[-1])
+    ours = {d: predict(Path(d), texts) for d in dirs}
+    for d in dirs:
+        _same(plain[d]["load_py"], ours[d])
+        if "peft_forward" in plain[d]:  # peft's own forward, one text at a time
+            _same(plain[d]["peft_forward"], ours[d], tol=1e-4)
+    assert {d for d in dirs if "peft_forward" in plain[d]} == {dirs[1], dirs[2]}
+    # Each model is its own: the adapters moved the scores, well beyond the tolerance.
+    assert min(_gap(ours[a], ours[b]) for a in dirs for b in dirs if a < b) > 1e-3
+
+
+def test_cli_train_and_predict(trained) -> None:
+    if trained["lm"] != "causal":
+        pytest.skip("the CLI runs once, on the causal study")
+    lines = trained["results"]["lora"]
+    assert lines["metric"] == "accuracy" and lines["train_steps"] == "20"
+    assert "step 20/20" in trained["cli_train"].stderr
+    proc = run_cli("predict", str(trained["lora"]), "--text", TEXTS[0], "--text", TEXTS[1])
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    _same(rows, predict(trained["lora"], TEXTS[:2]))
+
+
+def test_a_text_too_long_for_the_mask_slot_is_refused(trained) -> None:
+    if trained["lm"] != "masked":
+        pytest.skip("a causal LM predicts at the end, which left truncation keeps")
+    with pytest.raises(UserError, match=r"max_length 32 cuts the template's \{mask\} slot off 1"):
+        predict(trained["lora"], [TEXTS[0], LONG])
+
+
+def test_a_save_that_does_not_reproduce_the_model_is_refused(trained, monkeypatch) -> None:
+    """The reload check compares the plain-loaded model with the engine's own scores: LoRA
+    saved wrong (B zero: the untrained model, which predicts visibly differently, see above)
+    fails it, and nothing is left behind."""
+    original = production._save_lm_adapters
+
+    def untrained_lora(base: Any, slot: Any, *args: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            for _, b in slot.lora.values():
+                b.zero_()
+        original(base, slot, *args)
+
+    monkeypatch.setattr(production, "_save_lm_adapters", untrained_lora)
+    config = trained["lora"].parent / "config.yaml"
+    to = trained["root"] / "broken"
+    with pytest.raises(RuntimeError, match="does not reproduce the trained one"):
+        train_exported(config, to=to, quiet=True)
+    assert not to.exists()
+    assert not [p for p in to.parent.iterdir() if p.name.startswith(".broken")]
