@@ -264,3 +264,20 @@ def test_changed_data_is_warned_about(tmp_path, capsys) -> None:
     record["sha256"] = "abc"
     production._check_provenance(tmp_path / "config.yaml", record)
     assert capsys.readouterr().err == ""
+
+
+def test_load_py_refuses_a_source_that_is_not_the_running_code(monkeypatch) -> None:
+    """load.py is read from the module's file, which a reinstall or edit during a long run
+    can change: what is written must compile to the running functions."""
+    good = production._load_py_text()
+    assert production.load_py() == good
+    edited = good.replace("truncation=True", "truncation=False")
+    assert edited != good
+    monkeypatch.setattr(production, "_load_py_text", lambda: edited)
+    with pytest.raises(RuntimeError, match="changed since peftsearch was imported"):
+        production.load_py()
+    monkeypatch.setattr(
+        production, "_load_py_text", lambda: good + "\nfrom __future__ import annotations\n"
+    )
+    with pytest.raises(RuntimeError, match="does not parse"):
+        production.load_py()

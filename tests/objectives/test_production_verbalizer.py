@@ -180,6 +180,14 @@ def test_plain_stack_predicts_what_predict_does(trained) -> None:
     assert min(_gap(ours[a], ours[b]) for a in dirs for b in dirs if a < b) > 1e-3
 
 
+def test_zero_shot_trains_nothing_and_says_no_steps(trained, capsys) -> None:
+    to = trained["root"] / "zero_again"
+    result = train_exported(trained["head"].parent / "config.yaml", to=to)
+    assert result["train_steps"] == 0 and result["trainable_params"] == 0
+    assert result["test_accuracy"] == trained["results"]["head"]["test_accuracy"]
+    assert "step" not in capsys.readouterr().err
+
+
 def test_cli_train_and_predict(trained) -> None:
     if trained["lm"] != "causal":
         pytest.skip("the CLI runs once, on the causal study")

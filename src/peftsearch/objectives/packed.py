@@ -617,10 +617,11 @@ class PackedEngine:
 
     def class_scores(self, slot: Slot, data: Encoded, batch_size: int = 64) -> torch.Tensor:
         """The class scores (what the cross-entropy sees) of ``slot`` on every row of
-        ``data``, in row order, on the CPU."""
+        ``data``, in row order, on the CPU; in the model's own dtype, no bf16 autocast (what
+        a plain load of the saved adapters computes)."""
         self.layout.training = False
         out = []
-        with torch.no_grad(), autocast(self.device):
+        with torch.no_grad():
             for idx in torch.arange(len(data)).split(batch_size):
                 batch = batch_rows(data, idx, self.device, self.left_pad)
                 out.append(self._forward([(slot, batch)]).float().cpu())

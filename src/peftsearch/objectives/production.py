@@ -278,6 +278,7 @@ def train_exported(
     from peftsearch.reports.export import kind_of
     from peftsearch.spaces import load_space, template_text
 
+    script = load_py()  # now, before a long training run: the source file can change later
     config = Path(config).expanduser().resolve()
     overrides = {"params.epochs": epochs, "params.max_steps": None} if epochs is not None else {}
     space = load_space(config, overrides)
@@ -358,7 +359,7 @@ def train_exported(
         "versions": versions(),
         "trained_at": time.time(),
     }
-    _save(trained, info, record, target, probe, str(device))
+    _save(trained, info, record, target, probe, str(device), script)
     summary["saved"] = str(target)
     return summary
 
@@ -380,7 +381,7 @@ class _Trained:
 
 def _progress(step: int, total: int) -> None:
     every = max(1, total // 10)
-    if step % every == 0 or step == total:
+    if total and (step % every == 0 or step == total):  # total 0: nothing trains (zero-shot)
         print(f"step {step}/{total}", file=sys.stderr, flush=True)
 
 
@@ -616,6 +617,7 @@ def _save(
     to: Path,
     probe: list[str],
     device: str,
+    script: str,
 ) -> None:
     """Save into a temp dir beside ``to``, check that it reloads to the same predictions, and
     rename it into place."""
@@ -626,7 +628,7 @@ def _save(
         trained.tokenizer.save_pretrained(tmp)
         (tmp / "inference.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
-        (tmp / "load.py").write_text(load_py(), encoding="utf-8")
+        (tmp / "load.py").write_text(script, encoding="utf-8")
         (tmp / "README.md").write_text(_readme(info, record), encoding="utf-8")
         _check_reload(trained.want, tmp, probe, device)
         mask = _umask()
@@ -682,7 +684,34 @@ def _check_reload(want: list[dict[str, Any]], saved: Path, probe: list[str], dev
 
 
 def load_py() -> str:
-    """``load.py``: :func:`load_model` and :func:`predict_texts` verbatim, and a command line."""
+    """``load.py``: :func:`load_model`, :func:`predict_texts` and :func:`label_scores`
+    verbatim, and a command line.
+
+    The source is read from this module's file, which can differ from the running code if
+    peftsearch was reinstalled or edited since it was imported (seen once: a ``load.py`` that
+    held the module's top instead of the functions). So the text is compiled, and each
+    function must have the running function's bytecode.
+
+    Raises:
+        RuntimeError: the file on disk no longer matches the running code.
+    """
+    text = _load_py_text()
+    defined: dict[str, Any] = {}
+    try:  # defines the functions (and imports json, sys, pathlib, typing); runs nothing else
+        exec(compile(text, "load.py", "exec"), defined)
+    except SyntaxError as exc:
+        raise RuntimeError(f"cannot write load.py: its source does not parse: {exc}") from None
+    for f in (load_model, predict_texts, label_scores):
+        again = defined.get(f.__name__)
+        if again is None or again.__code__.co_code != f.__code__.co_code:
+            raise RuntimeError(
+                f"cannot write load.py: {__file__} changed since peftsearch was imported "
+                "(reinstalled or edited?); run the command again"
+            )
+    return text
+
+
+def _load_py_text() -> str:
     return "\n".join(
         [
             '"""Load and run a model saved by `search train`: transformers + peft only, no '
