@@ -147,6 +147,25 @@ def test_budget_is_exact_when_many_workers_race_for_the_last_slots(write_space) 
     _assert_exact(space, 10)
 
 
+def test_a_worker_whose_parent_died_starts_no_new_trial(write_space) -> None:
+    """Workers ask ``keep_going`` (is my parent alive?) before each trial: False stops like a
+    Ctrl-C. Without it, a worker that finished a trial before its 1-s watcher noticed the
+    parent's death took the retry its sibling had just queued, and was interrupted in it."""
+    space = _fast_space(write_space, 5)
+    space.output_dir.mkdir(parents=True)
+    answers = iter([True, True, False])
+    _, outcome = run_trials(
+        space,
+        InstantRunner(space),
+        lambda done: _nullcontext(),
+        warn=print,
+        keep_going=lambda: next(answers),
+    )
+    assert outcome.interrupted
+    trials = open_study(space, create=False).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
 class _nullcontext:
     def __enter__(self) -> _Silent:
         return _Silent()

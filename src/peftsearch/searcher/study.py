@@ -408,6 +408,7 @@ def run_trials(
     on_ready: Callable[[], None] | None = None,
     worker: dict[str, Any] | None = None,
     refresh_report: bool = True,
+    keep_going: Callable[[], bool] | None = None,
 ) -> tuple[Any, RunOutcome]:
     """One worker: set up, then take trials until the study's budget is met.
 
@@ -438,6 +439,8 @@ def run_trials(
         on_ready: called once the study is open and recorded, before the first trial.
         worker: stored on each trial as the ``worker`` user attr (with host and pid).
         refresh_report: rewrite ``<output>/report.html`` every few trials of this worker.
+        keep_going: asked before each new trial; False stops like a Ctrl-C (a worker whose
+            parent died must not start a trial its watcher would interrupt a second later).
 
     Returns:
         The study and an outcome whose counts and front are not filled yet.
@@ -484,7 +487,7 @@ def run_trials(
                 display.note(
                     f"resuming study {space.study_name!r}: {done} of {n_trials} trials done"
                 )
-            _loop(space, runner, display, study, outcome, admission, me, refresh_report)
+            _loop(space, runner, display, study, outcome, admission, me, refresh_report, keep_going)
     finally:
         admission.close()
     return study, outcome
@@ -561,6 +564,7 @@ def _loop(
     admission: Admission,
     me: dict[str, Any],
     refresh_report: bool,
+    keep_going: Callable[[], bool] | None = None,
 ) -> None:
     """Keep the pack full: take budget slots while it has room, step it, tell what finishes."""
     from optuna.storages import fail_stale_trials
@@ -581,6 +585,9 @@ def _loop(
             # Asking takes the storage lock and reads every trial: not once per training step.
             may_ask = not flights or time.monotonic() >= retry_at
             while may_ask and len(flights) < pack.capacity:
+                if keep_going is not None and not keep_going():
+                    stop = "interrupt"
+                    break
                 trial = None
                 # Under the lock, Ctrl-C held back: a trial is asked and beating, or not asked.
                 with _DeferSigint() as held, admission():

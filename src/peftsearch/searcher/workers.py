@@ -170,6 +170,7 @@ def _worker_main(
             on_ready=lambda: events.put(("ready", index, "")),
             worker=worker,
             refresh_report=False,
+            keep_going=lambda: os.getppid() == parent,
         )
         if outcome.interrupted:
             code = EXIT_INTERRUPTED
