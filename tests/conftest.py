@@ -130,6 +130,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
+def make_tiny_distilbert_mlm(path: Path) -> Path:
+    """A 2-layer, dim-16 DistilBERT masked LM (its LM head is three modules: vocab_transform,
+    vocab_layer_norm, vocab_projector) with a DistilBERT tokenizer (no token_type_ids)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    DistilBertTokenizerFast(vocab=str(vocab), do_lower_case=True).save_pretrained(path)
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        dim=HIDDEN,
+        n_layers=LAYERS,
+        n_heads=2,
+        hidden_dim=32,
+        max_position_embeddings=128,
+    )
+    DistilBertForMaskedLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_distilbert_mlm(tmp_path_factory.mktemp("tiny_distilbert_mlm"))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from peftsearch.errors import UserError
 from peftsearch.objectives import production
@@ -77,15 +78,28 @@ print(json.dumps(result))
 """
 
 
-@pytest.fixture(scope="module", params=["causal", "masked"])
-def trained(request, tmp_path_factory, tiny_llama: Path, tiny_mlm: Path, sentiment_csv: Path):
-    """A tiny verbalizer study; one trial per adapter kind exported and trained."""
-    lm = request.param
-    root = tmp_path_factory.mktemp(f"production_{lm}")
-    model = tiny_llama if lm == "causal" else tiny_mlm
+@pytest.fixture(scope="module", params=["causal", "masked", "distilbert"])
+def trained(
+    request,
+    tmp_path_factory,
+    tiny_llama: Path,
+    tiny_mlm: Path,
+    tiny_distilbert_mlm: Path,
+    sentiment_csv: Path,
+):
+    """A tiny verbalizer study; one trial per adapter kind exported and trained. distilbert:
+    a masked LM whose LM head is three modules."""
+    lm = "causal" if request.param == "causal" else "masked"
+    root = tmp_path_factory.mktemp(f"production_{request.param}")
+    models = {"causal": tiny_llama, "masked": tiny_mlm, "distilbert": tiny_distilbert_mlm}
+    model = models[request.param]
     enqueue = [{**e, "learning_rate": LR} for e in ENQUEUE]
     study_cfg = {"name": "v", "n_trials": 4, "seed": 1, "enqueue": enqueue}
     space_file = write(root, model, sentiment_csv, lm, study=study_cfg)
+    if request.param == "distilbert":  # peft has no default LoRA targets for it
+        raw = yaml.safe_load(space_file.read_text(encoding="utf-8"))
+        raw["params"]["target_modules"] = ["q_lin", "v_lin"]
+        space_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     run_study(load_space(space_file), show_progress=False)
     study = open_study(load_space(space_file), create=False)
     out: dict[str, Any] = {"lm": lm, "root": root, "space": space_file, "results": {}}

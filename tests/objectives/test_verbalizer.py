@@ -45,12 +45,27 @@ def write(folder: Path, model: Path, data: Path, kind: str, **over: Any) -> Path
     return path
 
 
+KINDS = ["causal", "masked", "distilbert"]  # distilbert: a masked LM whose head is 3 modules
+# peft has no default LoRA targets for DistilBERT: its query and value layers, named.
+TARGETS = {"distilbert": {"target_modules": ["q_lin", "v_lin"]}}
+
+
 @pytest.fixture(scope="module")
-def runners(tmp_path_factory, tiny_llama: Path, tiny_mlm: Path, sentiment_csv: Path):
+def runners(
+    tmp_path_factory,
+    tiny_llama: Path,
+    tiny_mlm: Path,
+    tiny_distilbert_mlm: Path,
+    sentiment_csv: Path,
+):
     folder = tmp_path_factory.mktemp("verbalizer")
     out = {}
-    for kind, model in (("causal", tiny_llama), ("masked", tiny_mlm)):
-        r = TrialRunner(load_space(write(folder, model, sentiment_csv, kind)))
+    models = {"causal": tiny_llama, "masked": tiny_mlm, "distilbert": tiny_distilbert_mlm}
+    for kind, model in models.items():
+        lm = "causal" if kind == "causal" else "masked"
+        sub = folder / kind
+        sub.mkdir()
+        r = TrialRunner(load_space(write(sub, model, sentiment_csv, lm)))
         r.setup()
         out[kind] = r
     return out
@@ -60,7 +75,7 @@ def vparams(**over: Any) -> dict[str, Any]:
     return params(verbalizer="plain", **over)
 
 
-@pytest.mark.parametrize("kind", ["causal", "masked"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_class_scores_are_the_mean_log_probability_of_each_words_first_token(runners, kind) -> None:
     runner = runners[kind]
     engine = runner.engine
@@ -111,22 +126,24 @@ def test_a_planted_label_word_decides_the_class(tmp_path, tiny_mlm, sentiment_cs
     assert multi == [1] * n
 
 
-@pytest.mark.parametrize("kind", ["causal", "masked"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_training_moves_the_scores(runners, kind) -> None:
     runner = runners[kind]
     data = runner.encoded("plain")[1]
-    p = vparams(lora_r=4, prompt_length=2, learning_rate=5e-2, epochs=8)
+    p = vparams(lora_r=4, prompt_length=2, learning_rate=5e-2, epochs=8, **TARGETS.get(kind, {}))
     before = runner.engine.score_untrained(p, data, runner.label_tokens("plain"))
     after = runner.run(p)
     assert after.attrs["eval_loss"] < before.loss - 0.01, (after.attrs["eval_loss"], before.loss)
     assert math.isfinite(after.attrs["eval_loss"])
 
 
-@pytest.mark.parametrize("kind", ["causal", "masked"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("lora_r", "prompt_length"), [(2, 0), (0, 3), (4, 2)])
 def test_only_adapters_train(runners, kind, lora_r, prompt_length) -> None:
-    """LoRA on the default targets (q_proj + v_proj, query + value) and the prompt: no head."""
-    result = runners[kind].run(vparams(lora_r=lora_r, prompt_length=prompt_length, max_steps=2))
+    """LoRA on the default targets (q_proj + v_proj, query + value, q_lin + v_lin) and the
+    prompt: no head (nothing of DistilBERT's three head modules either)."""
+    p = vparams(lora_r=lora_r, prompt_length=prompt_length, max_steps=2, **TARGETS.get(kind, {}))
+    result = runners[kind].run(p)
     assert result.trainable_params == 2 * LAYERS * lora_r * (HIDDEN + HIDDEN) + (
         prompt_length * HIDDEN
     )

@@ -156,13 +156,7 @@ class PeftPlan:
 
 def build(base: Any, plan: PeftPlan) -> Any:
     """A fresh copy of ``base`` with the plan's adapters; only they and the head train."""
-    from peft import (
-        LoraConfig,
-        PromptTuningConfig,
-        TaskType,
-        get_peft_model,
-        inject_adapter_in_model,
-    )
+    from peft import LoraConfig, TaskType, get_peft_model, inject_adapter_in_model
 
     model = copy.deepcopy(base)  # every trial starts from the pristine base weights
     lora = None
@@ -180,10 +174,7 @@ def build(base: Any, plan: PeftPlan) -> Any:
             if lora is not None:
                 model = inject_adapter_in_model(lora, model)
             model = get_peft_model(
-                model,
-                PromptTuningConfig(
-                    task_type=TaskType.SEQ_CLS, num_virtual_tokens=plan.prompt_length
-                ),
+                model, prompt_config(model.config, TaskType.SEQ_CLS, plan.prompt_length)
             )
             for name, param in model.named_parameters():
                 if "lora_" in name:
@@ -195,6 +186,23 @@ def build(base: Any, plan: PeftPlan) -> Any:
             for name, param in model.named_parameters():
                 param.requires_grad_(name.split(".")[0] in head)
     return model
+
+
+def prompt_config(model_config: Any, task_type: Any, length: int) -> Any:
+    """peft's ``PromptTuningConfig`` with the model's sizes given, not looked up: peft reads
+    them from ``config.to_dict()`` under a few names (``hidden_size``, ``num_hidden_layers``,
+    ...) and fails on configs that alias them (DistilBERT's ``dim``, ``n_layers``: "Please
+    specify `token_dim`"); attribute access follows the aliases."""
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(
+        task_type=task_type,
+        num_virtual_tokens=length,
+        token_dim=model_config.hidden_size,
+        num_layers=model_config.num_hidden_layers,
+        num_attention_heads=model_config.num_attention_heads,
+        num_transformer_submodules=1,
+    )
 
 
 def head_names(model: Any) -> set[str]:

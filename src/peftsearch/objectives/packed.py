@@ -56,21 +56,23 @@ from peftsearch.objectives.train import (
 )
 
 
-def lm_head_name(base: Any) -> str:
-    """The language model's head: its one child with parameters besides the backbone
-    (``lm_head`` of Llama and RoBERTa, ``cls`` of BERT)."""
+def lm_head_names(base: Any) -> set[str]:
+    """The language model's head: every top-level child besides the backbone (``lm_head`` of
+    Llama and RoBERTa, ``cls`` of BERT, DistilBERT's ``vocab_transform`` / ``vocab_layer_norm``
+    / ``vocab_projector``, ModernBERT's ``head`` and ``decoder``). LoRA never targets them."""
     backbone = base.base_model
-    names = [
-        n
-        for n, m in base.named_children()
-        if m is not backbone and any(True for _ in m.parameters())
-    ]
-    if len(names) != 1:
-        raise TrialFailed(
-            f"cannot tell the LM head of {type(base).__name__} apart (modules besides the "
-            f"backbone: {names}); model.head verbalizer supports models with one LM head module"
-        )
-    return names[0]
+    return {n for n, m in base.named_children() if m is not backbone}
+
+
+def narrow_to(out: Any, rows: torch.Tensor, cols: torch.Tensor) -> Any:
+    """A backbone's output with its sequence output cut to one position per row (``[n, 1,
+    hidden]``): what follows in the model (its LM head: position-wise layers, a tied
+    decoder, logit soft-capping) then runs on the prediction points only."""
+    first = out[0][rows, cols].unsqueeze(1)
+    if isinstance(out, tuple):
+        return (first, *out[1:])
+    out.last_hidden_state = first  # a ModelOutput keeps its fields and tuple view in step
+    return out
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -140,6 +142,7 @@ class _Layout:
         self.width = 0  # the packed batch's width
         self.left_pad = False
         self.training = False
+        self.pick: tuple[torch.Tensor, torch.Tensor] | None = None  # LM heads: (rows, cols)
 
     def dropout(self, x: torch.Tensor, i: int, p: float, gen: Any) -> torch.Tensor:
         """Dropout of segment ``i``'s rows ``x`` with masks that do not depend on the pack.
@@ -197,10 +200,9 @@ class PackedEngine:
             heads = head_names(base)
             self._head_modules = {name: getattr(base, name) for name in sorted(heads)}
         else:
-            heads = {lm_head_name(base)}
+            heads = lm_head_names(base)
             self._head_modules = {}
-            self.lm_head = getattr(base, next(iter(heads)))
-            self.backbone = base.base_model
+            self._hooks.append(base.base_model.register_forward_hook(self._pick_hook()))
         self._linears = {
             name: mod
             for name, mod in base.named_modules()
@@ -397,6 +399,17 @@ class PackedEngine:
 
         return head_hook
 
+    def _pick_hook(self) -> Any:
+        layout = self.layout
+
+        def pick_hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+            """The backbone's output at each row's prediction point only (LM heads)."""
+            if layout.pick is None:
+                return None
+            return narrow_to(out, *layout.pick)
+
+        return pick_hook
+
     def _dropout_hook(self) -> Any:
         layout = self.layout
 
@@ -475,9 +488,8 @@ class PackedEngine:
         if self.lm_kind == "causal":
             # Positions counted over real tokens, so left padding does not shift them.
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(**kwargs).last_hidden_state
-        width = hidden.shape[1]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        width = mask.shape[1]
+        rows = torch.arange(mask.shape[0], device=mask.device)
         if self.lm_kind == "causal":
             cols = torch.full_like(rows, width - 1) if self.left_pad else mask.sum(-1) - 1
         else:
@@ -486,7 +498,14 @@ class PackedEngine:
                 shift = slot.prompt_length + ((width - own) if self.left_pad else 0)
                 parts.append(b["positions"] + shift)
             cols = torch.cat(parts)
-        logp = torch.log_softmax(self.lm_head(hidden[rows, cols]).float(), -1)
+        # The whole model runs, its own head included (whatever modules it has); a hook on
+        # the backbone hands the head only the prediction points: [rows, 1, vocab] logits.
+        self.layout.pick = (rows, cols)
+        try:
+            logits = self.base(**kwargs).logits[:, 0]
+        finally:
+            self.layout.pick = None
+        logp = torch.log_softmax(logits.float(), -1)
         scores, start = [], 0
         for slot, b in items:
             n = b["input_ids"].shape[0]

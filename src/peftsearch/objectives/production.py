@@ -204,10 +204,22 @@ def label_scores(model: Any, tokenizer: Any, info: dict[str, Any], enc: dict[str
                 f"{cut} text(s): shorten them"
             )
         cols = hits.int().argmax(1) + k
-    backbone: Any = lm.base_model  # the transformer without its LM head
-    (head,) = [m for m in lm.children() if m is not backbone and any(True for _ in m.parameters())]
-    hidden = backbone(**kwargs).last_hidden_state
-    logp = torch.log_softmax(head(hidden[rows, cols]).float(), -1)
+
+    def pick(module: Any, args: Any, out: Any) -> Any:
+        """The backbone's output at the prediction points only: the LM's own head (whatever
+        its modules) then runs on [rows, 1, hidden]."""
+        first = out[0][rows, cols].unsqueeze(1)
+        if isinstance(out, tuple):
+            return (first, *out[1:])
+        out.last_hidden_state = first
+        return out
+
+    hook = lm.base_model.register_forward_hook(pick)  # base_model: the transformer, no head
+    try:
+        logits = lm(**kwargs).logits[:, 0]
+    finally:
+        hook.remove()
+    logp = torch.log_softmax(logits.float(), -1)
     return torch.stack(
         [logp[:, words].mean(-1) for words in info["label_token_ids"]], -1
     )  # [rows, labels]
@@ -556,13 +568,9 @@ def _save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into:
     place: it is not needed after training), in the classifier layout: the top directory holds
     the outer adapter, ``lora/`` the LoRA beneath a soft prompt."""
     import torch
-    from peft import (
-        LoraConfig,
-        PromptTuningConfig,
-        TaskType,
-        get_peft_model,
-        inject_adapter_in_model,
-    )
+    from peft import LoraConfig, TaskType, get_peft_model, inject_adapter_in_model
+
+    from peftsearch.objectives.model import prompt_config
 
     task = TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.FEATURE_EXTRACTION
     plan = slot.plan
@@ -589,7 +597,7 @@ def _save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into:
                     layer.lora_A["default"].weight.copy_(a)
                     layer.lora_B["default"].weight.copy_(b)
         if slot.prompt is not None:
-            config = PromptTuningConfig(task_type=task, num_virtual_tokens=slot.prompt_length)
+            config = prompt_config(base.config, task, slot.prompt_length)
             model = get_peft_model(model, config)
             with torch.no_grad():
                 model.prompt_encoder["default"].embedding.weight.copy_(slot.prompt)
