@@ -207,7 +207,8 @@ def label_scores(model: Any, tokenizer: Any, info: dict[str, Any], enc: dict[str
 
     def pick(module: Any, args: Any, out: Any) -> Any:
         """The backbone's output at the prediction points only: the LM's own head (whatever
-        its modules) then runs on [rows, 1, hidden]."""
+        its modules) then runs on [rows, 1, hidden]. (The engine's ``narrow_to``, written
+        out here because load.py imports nothing of peftsearch.)"""
         first = out[0][rows, cols].unsqueeze(1)
         if isinstance(out, tuple):
             return (first, *out[1:])
