@@ -398,6 +398,18 @@ def _progress(step: int, total: int) -> None:
         print(f"step {step}/{total}", file=sys.stderr, flush=True)
 
 
+def _frozen_base(space: Any, device: Any) -> tuple[Any, Any, int]:
+    """The base model (a classifier, or the LM for a verbalizer head) on ``device``, frozen,
+    with its tokenizer and parameter count."""
+    from peftsearch.objectives.model import count_params, load_base
+
+    seed, file = space.study.seed, str(space.file)
+    base, tokenizer = load_base(space.model, len(space.data.labels), seed, file, space.lm_kind)
+    base.to(device)
+    base.requires_grad_(False)
+    return base, tokenizer, count_params(base, trainable=False)
+
+
 def _train_classifier(
     space: Any,
     params: dict[str, Any],
@@ -412,16 +424,13 @@ def _train_classifier(
     import torch
 
     from peftsearch.objectives.data import encode
-    from peftsearch.objectives.model import PeftPlan, build, count_params, load_base
+    from peftsearch.objectives.model import PeftPlan, build, count_params
     from peftsearch.objectives.train import TrainConfig, evaluate_model, train
     from peftsearch.reports.export import kind_of
 
     seed = space.study.seed
     template = space.templates[params["template"]]
-    base, tokenizer = load_base(space.model, len(space.data.labels), seed, str(space.file))
-    base.to(device)
-    base.requires_grad_(False)
-    base_params = count_params(base, trainable=False)
+    base, tokenizer, base_params = _frozen_base(space, device)
     torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
     model = build(base, PeftPlan.from_params(params))  # a copy: the base can go
     del base
@@ -466,15 +475,11 @@ def _train_verbalizer(
     (the same loop, dropout and scoring as its trials), then written as plain peft adapters."""
     from peftsearch.errors import SpaceError
     from peftsearch.objectives.data import MaskCutOff, encode, label_token_ids
-    from peftsearch.objectives.model import count_params, load_base
     from peftsearch.objectives.packed import PackedEngine
 
     file, seed = str(space.file), space.study.seed
     labels = list(space.data.labels)
-    base, tokenizer = load_base(space.model, len(labels), seed, file, space.lm_kind)
-    base.to(device)
-    base.requires_grad_(False)
-    base_params = count_params(base, trainable=False)
+    base, tokenizer, base_params = _frozen_base(space, device)
     name = params["verbalizer"]
     template = space.templates[params["template"]]
     cols = (tokenizer, space.model.max_length, space.data.text_columns)
