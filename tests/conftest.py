@@ -34,15 +34,20 @@ WORDS = [*POSITIVE, *NEGATIVE, *FILLER, "review", ":", "verdict", "?", "premise"
 HIDDEN, LAYERS, LABELS = 16, 2, 2
 
 
+def _vocab(path: Path) -> str:
+    """The tiny word-piece vocabulary written into ``path`` (made if missing); its file."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    return str(vocab)
+
+
 def _tiny_bert(path: Path) -> tuple[Any, Any]:
     """The tiny BERT's tokenizer (vocab written into ``path``) and config; seeds torch."""
     import torch
     from transformers import BertConfig, BertTokenizerFast
 
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=_vocab(path), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
@@ -136,10 +141,7 @@ def make_tiny_distilbert_mlm(path: Path) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForMaskedLM, DistilBertTokenizerFast
 
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    DistilBertTokenizerFast(vocab=str(vocab), do_lower_case=True).save_pretrained(path)
+    DistilBertTokenizerFast(vocab=_vocab(path), do_lower_case=True).save_pretrained(path)
     torch.manual_seed(0)
     config = DistilBertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),

@@ -197,17 +197,22 @@ def test_saved_layout(trained) -> None:
     assert len(beneath) == 2 * 2 * 2  # A and B for query and value in 2 layers
 
 
-def test_plain_transformers_peft_code_predicts_what_predict_does(trained) -> None:
-    dirs = [str(trained[kind]) for kind in KINDS]
+def run_plain(script: str, texts: list[str], dirs: list[str]) -> dict[str, Any]:
+    """Run a plain-stack script (peftsearch unimportable) on ``dirs``: its last stdout line."""
     proc = subprocess.run(
-        [sys.executable, "-c", PLAIN, json.dumps(TEXTS), *dirs],
+        [sys.executable, "-c", script, json.dumps(texts), *dirs],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
     )
     assert proc.returncode == 0, proc.stderr
-    plain = json.loads(proc.stdout.splitlines()[-1])
+    return dict(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_plain_transformers_peft_code_predicts_what_predict_does(trained) -> None:
+    dirs = [str(trained[kind]) for kind in KINDS]
+    plain = run_plain(PLAIN, TEXTS, dirs)
     ours = {d: predict(Path(d), TEXTS) for d in dirs}
     for d in dirs:
         _same(plain[d]["plain"], ours[d])

@@ -5,9 +5,6 @@ transformers + peft code that scores the label words exactly as training did."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from peftsearch.reports.export import export_trial
 from peftsearch.searcher import open_study, run_study
 from peftsearch.spaces import load_space
 from tests.conftest import HIDDEN, LAYERS, run_cli
-from tests.objectives.test_production import _gap, _same
+from tests.objectives.test_production import _gap, _same, run_plain
 from tests.objectives.test_verbalizer import VERBALIZERS, write
 
 KINDS = ["head", "lora", "prompt", "lora+prompt"]
@@ -175,15 +172,7 @@ def test_saved_layout_and_trainable_counts(trained) -> None:
 def test_plain_stack_predicts_what_predict_does(trained) -> None:
     dirs = [str(trained[kind]) for kind in KINDS]
     texts = TEXTS if trained["lm"] == "causal" else TEXTS[:-1]
-    proc = subprocess.run(
-        [sys.executable, "-c", PLAIN, json.dumps(texts), *dirs],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    plain = json.loads(proc.stdout.splitlines()[-1])
+    plain = run_plain(PLAIN, texts, dirs)
     ours = {d: predict(Path(d), texts) for d in dirs}
     for d in dirs:
         _same(plain[d]["load_py"], ours[d])
