@@ -199,6 +199,15 @@ def space_dict(model: Path, data_file: Path, out_dir: Path, /, **sections: Any) 
         "output": str(out_dir),
     }
     space.update(sections)
+    return plain_study(space)
+
+
+def plain_study(space: dict[str, Any]) -> dict[str, Any]:
+    """``space`` with successive halving and the coverage trials off unless its study section
+    names them: they change which trials run and complete, and their own tests
+    (tests/searcher/test_pruner.py) turn them on."""
+    if isinstance(space.get("study"), dict):
+        space["study"] = {"pruner": "none", "coverage": False, **space["study"]}
     return space
 
 

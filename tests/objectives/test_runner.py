@@ -15,7 +15,7 @@ from peftsearch.objectives import runner as runner_mod
 from peftsearch.objectives.model import count_params, load_base
 from peftsearch.objectives.runner import TrialRunner
 from peftsearch.spaces import RULES, ModelSpec, load_space
-from tests.conftest import HIDDEN, LABELS, LAYERS, space_dict
+from tests.conftest import HIDDEN, LABELS, LAYERS, plain_study, space_dict
 
 HEAD = HIDDEN * LABELS + LABELS
 TRAIN_ROWS = 160  # data.train_size of space_dict
@@ -41,6 +41,7 @@ def write_space_file(
     space = space_dict(tiny_model, sentiment_csv, folder / "out")
     space["model"]["device"] = "cpu"  # the exact-equality checks below are for CPU
     space.update(sections)
+    plain_study(space)
     path = folder / name
     path.write_text(yaml.safe_dump(space, sort_keys=False), encoding="utf-8")
     return path

@@ -18,7 +18,7 @@ from peftsearch.objectives.runner import TrialRunner
 from peftsearch.objectives.train import batch_rows
 from peftsearch.searcher import open_study, run_study
 from peftsearch.spaces import load_space
-from tests.conftest import HIDDEN, LAYERS, space_dict
+from tests.conftest import HIDDEN, LAYERS, plain_study, space_dict
 from tests.objectives.test_runner import params
 
 VERBALIZERS = {
@@ -40,6 +40,7 @@ def write(folder: Path, model: Path, data: Path, kind: str, **over: Any) -> Path
     raw["params"]["verbalizer"] = {"type": "categorical", "choices": list(VERBALIZERS)}
     raw["study"] = {"n_trials": 3, "seed": 0}
     raw.update(over)
+    plain_study(raw)
     path = folder / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
@@ -131,6 +132,7 @@ def test_training_moves_the_scores(runners, kind) -> None:
     runner = runners[kind]
     data = runner.encoded("plain")[1]
     p = vparams(lora_r=4, prompt_length=2, learning_rate=5e-2, epochs=8, **TARGETS.get(kind, {}))
+    p["prompt_init"] = "random"  # N(0, 1) rows: the tiny LMs' own embeddings are N(0, 0.02)
     before = runner.engine.score_untrained(p, data, runner.label_tokens("plain"))
     after = runner.run(p)
     assert after.attrs["eval_loss"] < before.loss - 0.01, (after.attrs["eval_loss"], before.loss)

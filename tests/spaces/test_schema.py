@@ -17,7 +17,7 @@ import yaml
 from conftest import run_cli, space_dict
 
 from peftsearch.errors import SpaceError, UserError
-from peftsearch.spaces import RULES, CategoricalDist, FloatDist, load_space
+from peftsearch.spaces import DEFAULT_PARAMS, RULES, CategoricalDist, FloatDist, load_space
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rotten_tomatoes.yaml"
@@ -670,10 +670,19 @@ def test_example_loads_and_search_params_fill_defaults() -> None:
 
 
 def test_search_params_defaults_when_params_omitted(make_space) -> None:
+    """No `params:` section: the documented default space of the head kind, over RULES."""
     space = load_space(make_space({"params": DELETE}))
     params = space.search_params()
     assert params["template"] == CategoricalDist(type="categorical", choices=["plain", "review"])
-    assert {k: v for k, v in params.items() if k != "template"} == {
+    want = {name: rule.default for name, rule in RULES.items() if name != "template"}
+    want.update(DEFAULT_PARAMS["classifier"])
+    assert {k: v for k, v in params.items() if k != "template"} == want
+    for name in ("learning_rate", "head_learning_rate", "prompt_learning_rate"):
+        assert isinstance(params[name], FloatDist) and params[name].log
+    assert params["head_learning_rate"].low > params["learning_rate"].low
+    # An empty section is a space with nothing searched but the templates.
+    empty = load_space(make_space({"params": {}})).search_params()
+    assert {k: v for k, v in empty.items() if k != "template"} == {
         name: rule.default for name, rule in RULES.items() if name != "template"
     }
 

@@ -141,6 +141,7 @@ class PeftPlan:
     lora_dropout: float = 0.0
     target_modules: list[str] | None = None
     prompt_length: int = 0
+    prompt_init: str = "random"  # or "vocab": see :func:`vocab_prompt`
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PeftPlan:
@@ -151,7 +152,48 @@ class PeftPlan:
             lora_dropout=params["lora_dropout"],
             target_modules=params["target_modules"],
             prompt_length=params["prompt_length"],
+            prompt_init=params.get("prompt_init", "random"),  # studies before it: random
         )
+
+
+def lead_token(data: Any) -> int | None:
+    """The token every row starts with (BERT's ``[CLS]``, RoBERTa's ``<s>``), or None."""
+    first = data.input_ids[:, 0]
+    if not len(first) or not bool((first == first[0]).all()):
+        return None
+    return int(first[0])
+
+
+def vocab_prompt(
+    embed_weight: Any,
+    data: Any,
+    special_ids: set[int] | list[int],
+    k: int,
+    gen: Any,
+    lead: int | None = None,
+) -> Any:
+    """``k`` soft-prompt rows copied from the embeddings of tokens drawn (uniformly, from
+    ``gen``) among the distinct non-special tokens of ``data``'s rows: Lester et al. (2021)'s
+    "sampled vocab" init, restricted to tokens the task's text uses. Such rows start at the
+    scale of real token embeddings; N(0, 1) rows (peft's RANDOM) are ~10-50x larger than a
+    small encoder's embeddings, and measured to learn far less at the search's short budgets
+    (benchmarks/RESULTS.md).
+
+    ``lead``: the first row starts as this token's embedding. An encoder classifier pools
+    position 0, which a soft prompt prepended as peft does takes over from ``[CLS]``; starting
+    the prompt with a copy of ``[CLS]`` gives the pooler what it was trained on at position 0
+    (measured: benchmarks/RESULTS.md), and the prompt stays an ordinary peft prompt."""
+    import torch
+
+    ids = torch.unique(data.input_ids[data.attention_mask.bool()])
+    if special_ids:
+        ids = ids[~torch.isin(ids, torch.tensor(sorted(special_ids), dtype=ids.dtype))]
+    if not len(ids):  # no text tokens at all: any of the vocabulary
+        ids = torch.arange(int(embed_weight.shape[0]))
+    pick = ids[torch.randint(len(ids), (k,), generator=gen)]
+    if lead is not None:
+        pick[0] = lead
+    return embed_weight.detach()[pick.to(embed_weight.device)].float().cpu().clone()
 
 
 def build(base: Any, plan: PeftPlan) -> Any:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from peftsearch.errors import TrialFailed
 from peftsearch.objectives.data import Encoded
-from peftsearch.objectives.model import PeftPlan, head_names
+from peftsearch.objectives.model import PeftPlan, head_names, lead_token, vocab_prompt
 from peftsearch.objectives.train import (
     MAX_CURVE_POINTS,
     EvalResult,
@@ -52,6 +52,7 @@ from peftsearch.objectives.train import (
     TrainStats,
     autocast,
     batch_rows,
+    param_groups,
     row_order,
 )
 
@@ -109,16 +110,23 @@ class Slot:
     label_words: list[list[int]] | None = None  # verbalizer: each class's first-token ids
     label_tokens: Any = None  # label_words padded into a LongTensor [classes, words]
     label_weights: Any = None  # [classes, words]: 1 / words of the class, 0 for padding
+    rung_steps: list[int] = field(default_factory=list)  # evaluate (and maybe stop) there
+    rungs: list[dict[str, Any]] = field(default_factory=list)  # what each rung scored
 
     @property
     def prompt_length(self) -> int:
         return 0 if self.prompt is None else int(self.prompt.shape[0])
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        out = [p for ab in self.lora.values() for p in ab]
-        if self.prompt is not None:
-            out.append(self.prompt)
-        return out + [p for p in self.head.parameters()]
+        return [p for part in self.parts().values() for p in part]
+
+    def parts(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable tensors by part (each has its own learning rate)."""
+        return {
+            "lora": [p for ab in self.lora.values() for p in ab],
+            "prompt": [] if self.prompt is None else [self.prompt],
+            "head": list(self.head.parameters()),
+        }
 
 
 @dataclass
@@ -131,6 +139,8 @@ class Finished:
     result: EvalResult | None = None
     error: BaseException | None = None
     pack_size: float = 1.0  # mean number of trials trained together with this one (itself too)
+    pruned: bool = False  # stopped at its last rung: ``result`` is that rung's evaluation
+    planned_steps: int = 0  # the steps it would have trained to the end
 
 
 class _Layout:
@@ -182,6 +192,7 @@ class PackedEngine:
         left_pad: bool,
         capacity: int = 1,
         lm_kind: str | None = None,
+        special_ids: set[int] | None = None,
     ) -> None:
         """``lm_kind`` None: ``base`` is a sequence classifier and each trial trains a copy of
         its head. ``"causal"`` / ``"masked"``: ``base`` is a language model whose own LM head
@@ -189,9 +200,13 @@ class PackedEngine:
         self.base, self.device, self.left_pad = base, device, left_pad
         self.capacity = max(1, capacity)
         self.lm_kind = lm_kind
+        self.special_ids = set(special_ids or ())  # never drawn by a vocab-initialized prompt
         self.layout = _Layout()
         self.active: list[Slot] = []
         self.waiting: list[Slot] = []
+        # Called as on_rung(key, rung, step, EvalResult) when a slot reaches one of its rung
+        # steps; True stops the trial there (it leaves as a Finished with pruned=True).
+        self.on_rung: Any = None
         self.embed = base.get_input_embeddings()
         self.hidden = int(self.embed.weight.shape[1])
         self._hooked: set[str] = set()
@@ -250,6 +265,7 @@ class PackedEngine:
         seed: int,
         label_tokens: list[list[int]] | None = None,
         queue: bool = True,
+        rung_steps: list[int] | None = None,
     ) -> Slot:
         """Queue one trial. Its adapters are drawn from ``seed`` alone (same seed, same init,
         whatever else is in the engine). ``label_tokens``: with an LM head, each class's label
@@ -270,7 +286,13 @@ class PackedEngine:
                 )
         prompt = None
         if plan.prompt_length > 0:
-            rows = torch.randn(plan.prompt_length, self.hidden, generator=gen)
+            if plan.prompt_init == "vocab":
+                w, k = self.embed.weight, plan.prompt_length
+                # A classifier pools position 0: the prompt starts with the rows' [CLS].
+                lead = lead_token(train_data) if self.lm_kind is None else None
+                rows = vocab_prompt(w, train_data, self.special_ids, k, gen, lead)
+            else:
+                rows = torch.randn(plan.prompt_length, self.hidden, generator=gen)
             prompt = torch.nn.Parameter(rows.to(self.device))
         heads = torch.nn.ModuleDict(
             {n: copy.deepcopy(m) for n, m in self._head_modules.items()}
@@ -310,6 +332,7 @@ class PackedEngine:
                 device=self.device,
             )
         self._init_training(slot)
+        slot.rung_steps = sorted({s for s in (rung_steps or []) if 0 < s < slot.total})
         for name in lora:
             self._hook(name)
         if queue:
@@ -325,12 +348,7 @@ class PackedEngine:
             slot.total = 0
             return
         slot.opt = torch.optim.AdamW(
-            [
-                {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-            ],
-            lr=cfg.learning_rate,
-            fused=self.device.type == "cuda",
+            param_groups(slot.parts(), cfg), lr=cfg.learning_rate, fused=self.device.type == "cuda"
         )
         slot.total = cfg.total_steps(len(slot.train_data))
         slot.sched = get_linear_schedule_with_warmup(
@@ -342,7 +360,13 @@ class PackedEngine:
     def _reset(self, slot: Slot) -> Slot:
         """The slot as it was when added (after an out-of-memory restart)."""
         return self.add(
-            slot.key, slot.params, slot.train_data, slot.eval_data, slot.cfg.seed, slot.label_words
+            slot.key,
+            slot.params,
+            slot.train_data,
+            slot.eval_data,
+            slot.cfg.seed,
+            slot.label_words,
+            rung_steps=slot.rung_steps,
         )
 
     def score_untrained(
@@ -574,7 +598,35 @@ class PackedEngine:
         out: list[Finished] = []
         if active:
             out = self._optimizer_step(active)
+        out += self._rungs([s for s in self.active if s.step in s.rung_steps])
         return out + self._finish([s for s in self.active if s.step >= s.total])
+
+    def _rungs(self, reached: list[Slot]) -> list[Finished]:
+        """Evaluate the slots that just reached a rung (together) and stop those that
+        :attr:`on_rung` says to stop."""
+        if not reached or self.on_rung is None:
+            return []
+        results = self.evaluate(reached)
+        out: list[Finished] = []
+        for s in reached:
+            rung = s.rung_steps.index(s.step)
+            result = results[s.key]
+            stop = bool(self.on_rung(s.key, rung, s.step, result))
+            s.rungs.append({"rung": rung, "step": s.step, "eval_loss": result.loss})
+            if stop:
+                if s.pending:  # the loss since the last curve point
+                    s.curve.append(float(torch.stack(s.pending).float().mean()))
+                    s.pending = []
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                s.train_seconds = time.perf_counter() - s.started
+                self.active.remove(s)
+                stats = TrainStats(s.step, s.train_seconds, s.curve, s.log_every)
+                mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
+                out.append(
+                    Finished(s.key, s.trainable, stats, result, None, mean_pack, True, s.total)
+                )
+        return out
 
     def _optimizer_step(self, active: list[Slot]) -> list[Finished]:
         self.layout.training = True
@@ -629,7 +681,11 @@ class PackedEngine:
                 self.active.remove(s)
                 stats = TrainStats(s.total, s.train_seconds, s.curve, s.log_every)
                 mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
-                out.append(Finished(s.key, s.trainable, stats, results[s.key], None, mean_pack))
+                out.append(
+                    Finished(
+                        s.key, s.trainable, stats, results[s.key], None, mean_pack, False, s.total
+                    )
+                )
         return out
 
     # -- evaluation -----------------------------------------------------------------------------

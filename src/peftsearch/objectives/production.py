@@ -424,7 +424,13 @@ def _train_classifier(
     import torch
 
     from peftsearch.objectives.data import encode
-    from peftsearch.objectives.model import PeftPlan, build, count_params
+    from peftsearch.objectives.model import (
+        PeftPlan,
+        build,
+        count_params,
+        lead_token,
+        vocab_prompt,
+    )
     from peftsearch.objectives.train import TrainConfig, evaluate_model, train
     from peftsearch.reports.export import kind_of
 
@@ -432,12 +438,26 @@ def _train_classifier(
     template = space.templates[params["template"]]
     base, tokenizer, base_params = _frozen_base(space, device)
     torch.manual_seed(seed)  # as TrialRunner: adapter init and dropout follow the seed
-    model = build(base, PeftPlan.from_params(params))  # a copy: the base can go
+    plan = PeftPlan.from_params(params)
+    model = build(base, plan)  # a copy: the base can go
     del base
     trainable = count_params(model)
     model.to(device)
     cols = (tokenizer, space.model.max_length, space.data.text_columns)
     train_data = encode(splits.train, template, *cols)
+    if plan.prompt_length and plan.prompt_init == "vocab":  # as the engine starts a prompt
+        (weight,) = [p for n, p in model.named_parameters() if "prompt_encoder" in n]
+        gen = torch.Generator().manual_seed(seed)
+        rows = vocab_prompt(
+            model.get_input_embeddings().weight,
+            train_data,
+            set(tokenizer.all_special_ids),
+            plan.prompt_length,
+            gen,
+            lead_token(train_data),
+        )
+        with torch.no_grad():
+            weight.copy_(rows.to(weight.dtype))
     cfg = TrainConfig.from_params(params, seed)
     left = tokenizer.padding_side == "left"
     stats = train(model, train_data, cfg, device, left, on_step)
@@ -495,7 +515,8 @@ def _train_verbalizer(
     except MaskCutOff as exc:
         raise SpaceError(file, f"templates.{params['template']}", str(exc)) from None
     left = tokenizer.padding_side == "left"
-    engine = PackedEngine(base, device, left, lm_kind=space.lm_kind)
+    special = set(tokenizer.all_special_ids)
+    engine = PackedEngine(base, device, left, lm_kind=space.lm_kind, special_ids=special)
     try:
         slot = engine.add("train", params, data["train"], data["validation"], seed, words)
         while not (finished := engine.step()):

@@ -34,6 +34,11 @@ class TrialResult:
     metric: float
     trainable_params: int
     attrs: dict[str, Any] = field(default_factory=dict)
+    pruned: bool = False  # stopped at a rung: ``metric`` is that rung's score, not a result
+
+
+# on_rung(key, rung, step, metric, eval_loss, trainable_params) -> stop? (see PackedEngine)
+RungHook = Callable[[Any, int, int, float, float, int], bool]
 
 
 def versions() -> dict[str, str]:
@@ -51,6 +56,8 @@ def versions() -> dict[str, str]:
 
 class TrialRunner:
     """Runs trials of one space in this process; heavy state is built on first use."""
+
+    supports_rungs = True  # run() and pack() take an on_rung hook (successive halving)
 
     def __init__(self, space: Space) -> None:
         self.space = space
@@ -169,7 +176,13 @@ class TrialRunner:
 
             self.setup()
             left = self._tokenizer.padding_side == "left"
-            self._engine = PackedEngine(self._base, self._device, left, lm_kind=self.space.lm_kind)
+            self._engine = PackedEngine(
+                self._base,
+                self._device,
+                left,
+                lm_kind=self.space.lm_kind,
+                special_ids=set(self._tokenizer.all_special_ids),
+            )
         return self._engine
 
     def add(self, key: Any, params: dict[str, Any]) -> None:
@@ -183,20 +196,66 @@ class TrialRunner:
         tokens = None
         if self.space.lm_kind is not None:
             tokens = self.label_tokens(params["verbalizer"])
-        engine.add(key, params, train_data, eval_data, self.space.study.seed, tokens)
+        seed = self.space.study.seed
+        engine.add(
+            key, params, train_data, eval_data, seed, tokens, rung_steps=self.rung_steps(params)
+        )
 
-    def pack(self, size: int) -> RunnerPack:
+    def rung_steps(self, params: dict[str, Any]) -> list[int]:
+        """The steps at which a trial of ``params`` reaches the pruner's rungs (fractions of
+        its own total steps; none without a pruner)."""
+        from peftsearch.objectives.train import TrainConfig
+
+        fractions = self.space.study.pruner.rungs()
+        if not fractions:
+            return []
+        train_data = self.encoded(params["template"])[0]
+        total = TrainConfig.from_params(params, self.space.study.seed).total_steps(len(train_data))
+        return sorted({max(1, round(f * total)) for f in fractions} - {total})
+
+    def score_result(self, params: dict[str, Any], result: Any) -> float:
+        """The metric of an :class:`EvalResult` of a trial of ``params``."""
+        eval_data = self.encoded(params["template"])[1]
+        return float(
+            score(
+                self._metric,
+                self.space.objectives.metric,
+                result.predictions,
+                eval_data.labels.tolist(),
+                **self.space.objectives.metric_kwargs,
+            )
+        )
+
+    def rung_hook(self, on_rung: RungHook | None, params_of: Callable[[Any], Any]) -> Any:
+        """The engine's ``on_rung``: score the rung's evaluation, then ask ``on_rung``."""
+        if on_rung is None:
+            return None
+
+        def hook(key: Any, rung: int, step: int, result: Any) -> bool:
+            params = params_of(key)
+            slot = next(s for s in self.engine.active if s.key == key)
+            metric = self.score_result(params, result)
+            return on_rung(key, rung, step, metric, result.loss, slot.trainable)
+
+        return hook
+
+    def pack(self, size: int, on_rung: RungHook | None = None) -> RunnerPack:
         """Trials trained ``size`` at a time on the shared base model (see :class:`RunnerPack`)."""
-        return RunnerPack(self, size)
+        return RunnerPack(self, size, on_rung)
 
     def run(
-        self, params: dict[str, Any], on_step: Callable[[int, int], None] | None = None
+        self,
+        params: dict[str, Any],
+        on_step: Callable[[int, int], None] | None = None,
+        on_rung: Callable[[int, int, float, float, int], bool] | None = None,
     ) -> TrialResult:
         """Train and evaluate one configuration alone (the engine with one slot).
 
         Args:
             params: every key of :data:`peftsearch.spaces.RULES` with a concrete value.
             on_step: called as ``on_step(step, total)`` after each optimizer step.
+            on_rung: called as ``on_rung(rung, step, metric, eval_loss, trainable_params)``
+                at each of the pruner's rungs; True stops the trial (a pruned result).
 
         Raises:
             TrialFailed: out of memory, non-finite loss; the reason is the message.
@@ -206,6 +265,8 @@ class TrialRunner:
             raise RuntimeError("run() while trials of a pack are in flight")
         key, capacity = ("run", id(params)), engine.capacity
         engine.capacity = 1
+        hook = None if on_rung is None else (lambda k, *a: on_rung(*a))
+        engine.on_rung = self.rung_hook(hook, lambda k: params)
         try:
             self.add(key, params)
             while True:
@@ -220,10 +281,11 @@ class TrialRunner:
             raise
         finally:
             engine.capacity = capacity
+            engine.on_rung = None
         (done,) = finished
         if done.error is not None:
             raise done.error
-        if on_step is not None:
+        if on_step is not None and not done.pruned:
             on_step(done.stats.steps, done.stats.steps)
         return self.finish(params, done)
 
@@ -246,7 +308,9 @@ class TrialRunner:
         return TrialResult(
             metric=metric,
             trainable_params=trainable,
+            pruned=done.pruned,
             attrs={
+                "planned_steps": done.planned_steps or stats.steps,
                 "template_text": template_text(self.space.templates[params["template"]]),
                 "trainable_params": trainable,
                 "trainable_pct": 100.0 * trainable / self.base_params,
@@ -271,11 +335,12 @@ class RunnerPack:
     """The searcher's view of a runner that trains ``size`` trials at a time: ``add`` a trial
     under a key, call ``step`` until it hands back ``(key, TrialResult or exception)`` pairs."""
 
-    def __init__(self, runner: TrialRunner, size: int) -> None:
+    def __init__(self, runner: TrialRunner, size: int, on_rung: RungHook | None = None) -> None:
         self.runner = runner
         self.engine = runner.engine
         self.engine.capacity = size
         self._params: dict[Any, dict[str, Any]] = {}
+        self.engine.on_rung = runner.rung_hook(on_rung, self._params.__getitem__)
 
     @property
     def capacity(self) -> int:
@@ -311,3 +376,4 @@ class RunnerPack:
     def clear(self) -> None:
         self.engine.clear()
         self._params.clear()
+        self.engine.on_rung = None

@@ -30,6 +30,16 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     seed: int = 0
     max_grad_norm: float = 1.0
+    head_learning_rate: float | None = None  # None: learning_rate
+    prompt_learning_rate: float | None = None  # None: learning_rate
+
+    def rate(self, part: str) -> float:
+        """The peak learning rate of one part of a trial: ``lora``, ``prompt`` or ``head``."""
+        if part == "head" and self.head_learning_rate is not None:
+            return self.head_learning_rate
+        if part == "prompt" and self.prompt_learning_rate is not None:
+            return self.prompt_learning_rate
+        return self.learning_rate
 
     @classmethod
     def from_params(cls, params: dict[str, Any], seed: int) -> TrainConfig:
@@ -42,6 +52,8 @@ class TrainConfig:
             weight_decay=params["weight_decay"],
             warmup_ratio=params["warmup_ratio"],
             seed=seed,
+            head_learning_rate=params.get("head_learning_rate"),
+            prompt_learning_rate=params.get("prompt_learning_rate"),
         )
 
     def total_steps(self, n: int) -> int:
@@ -56,6 +68,41 @@ class TrainStats:
     seconds: float
     loss_curve: list[float] = field(default_factory=list)  # (step-averaged) train loss
     curve_every: int = 1  # steps per curve point
+
+
+PARTS = ("lora", "prompt", "head")
+
+
+def param_groups(parts: dict[str, list[Any]], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: each part (``lora``, ``prompt``, ``head``) at its own rate, weight decay
+    on its matrices only (as Trainer: no decay on biases and norms). Empty groups are left out.
+
+    One optimizer with a group per part keeps a trial one AdamW and one schedule: the linear
+    warmup/decay scales each group's own rate."""
+    groups = []
+    for part in PARTS:
+        params = parts.get(part, [])
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": cfg.rate(part),
+                        "weight_decay": cfg.weight_decay if decay else 0.0,
+                        "part": part,
+                    }
+                )
+    return groups
+
+
+def part_of(name: str) -> str:
+    """The part a parameter of a peft model belongs to, by its name."""
+    if "lora_" in name:
+        return "lora"
+    if "prompt_encoder" in name:
+        return "prompt"
+    return "head"
 
 
 def batch_rows(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any]:
@@ -110,16 +157,13 @@ def train(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    parts: dict[str, list[Any]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            parts.setdefault(part_of(name), []).append(p)
+    params = [p for group in parts.values() for p in group]
     opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.learning_rate,
-        fused=device.type == "cuda",
+        param_groups(parts, cfg), lr=cfg.learning_rate, fused=device.type == "cuda"
     )
     total = cfg.total_steps(len(data))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)

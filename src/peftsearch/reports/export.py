@@ -36,7 +36,7 @@ import yaml
 
 from peftsearch import __version__
 from peftsearch.errors import UserError
-from peftsearch.reports.trials import trial_params
+from peftsearch.reports.trials import front_trials, trial_params
 from peftsearch.spaces import has_mask_slot, template_text
 
 KINDS = {
@@ -219,7 +219,7 @@ def neighbours(study: Any, trial: Any) -> dict[str, Any]:
     whether it is on the front, a trial dominating it if not, and which picks it equals."""
     from peftsearch.reports.select import pick_trial
 
-    front = sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number))
+    front = sorted(front_trials(study), key=lambda t: (t.values[1], -t.values[0], t.number))
     numbers = [t.number for t in front]
     on_front = trial.number in numbers
     params, metric = trial.values[1], trial.values[0]

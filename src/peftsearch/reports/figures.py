@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from peftsearch.reports.pareto import pareto_rows
 from peftsearch.reports.select import pick_trial
-from peftsearch.reports.trials import trial_params
+from peftsearch.reports.trials import front_trials, trial_params
 
 if TYPE_CHECKING:
     import optuna
@@ -129,7 +129,7 @@ def _config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, A
 def pareto_info(study: optuna.Study) -> ParetoInfo:
     """Every COMPLETE trial as a point, which are dominated, the front and its knee."""
     base = study.user_attrs.get("base_params")
-    front_numbers = {t.number for t in study.best_trials}
+    front_numbers = {t.number for t in front_trials(study)}
     points = []
     for t in _complete(study):
         config = _config(study, t)
@@ -276,7 +276,7 @@ def history(study: optuna.Study) -> History:
 
 def loss_curves(study: optuna.Study) -> list[LossCurve]:
     """The train-loss curve of each COMPLETE trial that recorded one, with its Pareto flag."""
-    front = {t.number for t in study.best_trials}
+    front = {t.number for t in front_trials(study)}
     curves = []
     for t in _complete(study):
         losses = [float(x) for x in t.user_attrs.get("train_loss_curve") or []]

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peftsearch.reports.trials import front_trials
+
 COLUMNS = [
     "trial",
     "metric",
@@ -27,7 +29,7 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
     from peftsearch.reports.trials import trial_params
 
     rows = []
-    for t in study.best_trials:
+    for t in front_trials(study):
         params = trial_params(study, t)
         rows.append(
             {

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from peftsearch.reports.trials import front_trials
+
 PICKS = ("knee", "best", "max-params")
 
 
 def _front(study: Any) -> list[Any]:
-    front = sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
+    front = sorted(front_trials(study), key=lambda t: (t.values[1], -t.values[0]))
     if not front:
         raise ValueError(f"study {study.study_name!r} has no completed trial to pick from")
     return front

@@ -13,6 +13,8 @@ def trial_params(study: Any, trial: Any) -> dict[str, Any]:
     stored = trial.user_attrs.get("params")
     if isinstance(stored, dict):
         params = {name: rule.default for name, rule in RULES.items()} | stored
+        if "prompt_init" not in stored:  # stored before prompt_init existed: N(0, 1) rows
+            params["prompt_init"] = "random"
     else:
         params = {name: rule.default for name, rule in RULES.items()}
         params.update(study.user_attrs.get("fixed_params", {}))
@@ -21,3 +23,12 @@ def trial_params(study: Any, trial: Any) -> dict[str, Any]:
     if isinstance(modules, str):  # searched lists are stored comma-joined
         params["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
     return {name: params[name] for name in RULES}
+
+
+DUPLICATE_ATTR = "duplicate_of"  # a repeat of an earlier trial's configuration: not trained
+
+
+def front_trials(study: Any) -> list[Any]:
+    """The Pareto-optimal COMPLETE trials (``study.best_trials``) without repeats: a trial
+    that repeated an earlier configuration carries its values and ``duplicate_of``."""
+    return [t for t in study.best_trials if DUPLICATE_ATTR not in t.user_attrs]

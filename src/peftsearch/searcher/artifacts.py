@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from peftsearch.reports.trials import front_trials
 from peftsearch.spaces import Space
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ def upload_study_artifacts(
                     space,
                     {REPORT_NAME: lambda p: shutil.copyfile(report_path, p)},
                 )
-        for t in sorted(study.best_trials, key=lambda t: t.number):
+        for t in sorted(front_trials(study), key=lambda t: t.number):
             name = config_name(t.number)
             if name in have:
                 continue

@@ -46,7 +46,7 @@ from peftsearch.searcher.storage import (
     set_user_attrs,
     sqlite_path,
 )
-from peftsearch.searcher.suggest import fixed_params, suggest
+from peftsearch.searcher.suggest import coverage_configs, fixed_params, suggest
 from peftsearch.spaces import Space
 
 # Refresh <output>/report.html after this many finished trials, and not sooner than this many
@@ -318,12 +318,24 @@ def finished_line(trial: Any, metric: str) -> str:
 
     attrs = trial.user_attrs
     summary = _summary(attrs.get("params") or trial.params)
+    if "duplicate_of" in attrs:
+        return (
+            f"trial {trial.number}: the configuration of trial {attrs['duplicate_of']} again "
+            f"(same seed): not trained, its result repeated | {summary}"
+        )
     if trial.state == TrialState.COMPLETE:
         seconds = attrs.get("trial_seconds")
         return (
             f"trial {trial.number}: {metric} {trial.values[0]:.4f} | "
             f"{int(trial.values[1]):,} params ({attrs.get('trainable_pct', 0):.3f}%) | "
             f"{summary}" + (f" | {seconds:.1f} s" if isinstance(seconds, int | float) else "")
+        )
+    if trial.state == TrialState.PRUNED and attrs.get("pruned_at"):
+        at = attrs["pruned_at"]
+        return (
+            f"trial {trial.number}: stopped at step {at.get('step')} of {at.get('of')} "
+            f"({metric} {at.get('metric', float('nan')):.4f} there; ranked low at rung "
+            f"{at.get('rung')}) | {int(attrs.get('trainable_params', 0)):,} params | {summary}"
         )
     if "fail_reason" in attrs:
         return f"trial {trial.number} FAILED ({summary}): {attrs['fail_reason']}"
@@ -466,6 +478,11 @@ def run_trials(
                         {k: (",".join(v) if isinstance(v, list) else v) for k, v in config.items()},
                         user_attrs={"enqueued": True},
                     )
+                if space.study.coverage:
+                    # At most half the budget: the sampler must still get its turn.
+                    room = max(0, space.study.n_trials // 2 - len(space.study.enqueue))
+                    for config in coverage_configs(space)[:room]:
+                        study.enqueue_trial(config, user_attrs={"coverage": True})
             fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
             _requeue_interrupted(study, trials)
@@ -499,8 +516,13 @@ class SequentialPack:
 
     capacity = 1
 
-    def __init__(self, runner: Any, on_step: Callable[[Any, int, int], None]) -> None:
-        self.runner, self.on_step = runner, on_step
+    def __init__(
+        self,
+        runner: Any,
+        on_step: Callable[[Any, int, int], None],
+        on_rung: Callable[..., bool] | None = None,
+    ) -> None:
+        self.runner, self.on_step, self.on_rung = runner, on_step, on_rung
         self._queue: list[tuple[Any, dict[str, Any]]] = []
 
     def __len__(self) -> int:
@@ -511,8 +533,14 @@ class SequentialPack:
 
     def step(self) -> list[tuple[Any, Any]]:
         key, params = self._queue[0]
+        kwargs: dict[str, Any] = {}
+        if self.on_rung is not None:
+            on_rung = self.on_rung
+            kwargs["on_rung"] = lambda *a: on_rung(key, *a)
         try:
-            result: Any = self.runner.run(params, on_step=lambda s, t: self.on_step(key, s, t))
+            result: Any = self.runner.run(
+                params, on_step=lambda s, t: self.on_step(key, s, t), **kwargs
+            )
         except Exception as exc:
             result = exc
         finally:
@@ -526,14 +554,27 @@ class SequentialPack:
         self._queue.clear()
 
 
-def make_pack(space: Space, runner: Any, display: Any) -> Any:
-    """``study.pack`` trials at a time through ``runner.pack``, or one at a time."""
+def make_pack(
+    space: Space, runner: Any, display: Any, on_rung: Callable[..., bool] | None = None
+) -> Any:
+    """``study.pack`` trials at a time through ``runner.pack``, or one at a time.
+    ``on_rung(number, rung, step, metric, eval_loss, trainable)``: the pruner's decision."""
     size = pack_size(space)
     if size > 1:
         if not hasattr(runner, "pack"):
             raise UserError(f"{space.file}: study.pack: this runner trains one trial at a time")
-        return runner.pack(size)
-    return SequentialPack(runner, display.trial_step)
+        return runner.pack(size, on_rung) if on_rung is not None else runner.pack(size)
+    return SequentialPack(runner, display.trial_step, on_rung)
+
+
+def make_pruner(space: Space, runner: Any) -> Any:
+    """The study's MO-ASHA, or None (``study.pruner: none``, or a runner without rungs)."""
+    spec = space.study.pruner
+    if spec.type == "none" or not getattr(runner, "supports_rungs", False):
+        return None
+    from peftsearch.searcher.pruners import MOASHA
+
+    return MOASHA(spec.reduction, spec.min_trials)
 
 
 def pack_size(space: Space) -> int:
@@ -575,8 +616,14 @@ def _loop(
     start = time.monotonic()
     since_report, last_report = 0, time.monotonic()
     told_waiting = False
-    pack = make_pack(space, runner, display)
     flights: dict[int, _Flight] = {}
+    pruner = make_pruner(space, runner)
+
+    def on_rung(number: int, rung: int, step: int, metric: float, loss: float, n: int) -> bool:
+        with _DeferSigint():  # the rung record is written whole
+            return bool(pruner.decide(study, flights[number].trial, rung, step, metric, loss, n))
+
+    pack = make_pack(space, runner, display, on_rung if pruner is not None else None)
     retry_at = 0.0  # the pack has room but the budget had none: look again then (or sooner)
     try:
         while True:
@@ -615,7 +662,7 @@ def _loop(
                 assert trial is not None
                 told_waiting = False
                 failed = _start(space, pack, display, trial, me)
-                if failed is not None:
+                if failed is not None:  # an exception, or a Repeat: told below, not trained
                     ended.append((trial.number, failed))
             if stop == "interrupt":
                 raise KeyboardInterrupt
@@ -675,11 +722,39 @@ def _loop(
             flight.beat.join()
 
 
+@dataclass
+class Repeat:
+    """A trial whose configuration an earlier trial already ran with the same seed: it is not
+    trained again; it is told the earlier trial's values and state, with ``duplicate_of``."""
+
+    of: Any  # the earlier FrozenTrial
+
+
+def find_repeat(study: Any, params: dict[str, Any]) -> Any:
+    """The earliest COMPLETE or PRUNED trial of ``study`` that ran exactly ``params`` (its own
+    full ``params`` attribute), or None. Every trial trains with the study's seed, so the same
+    parameters give the same result."""
+    from optuna.trial import TrialState
+
+    want = json.dumps(params, sort_keys=True, default=str)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        stored = t.user_attrs.get("params")
+        if stored is None or "duplicate_of" in t.user_attrs:
+            continue
+        if json.dumps(stored, sort_keys=True, default=str) == want:
+            return t
+    return None
+
+
 def _start(space: Space, pack: Any, display: Any, trial: Any, me: dict[str, Any]) -> Any:
-    """Suggest a trial's parameters and put it in the pack. Returns None, or the exception of
-    a configuration that cannot even be built (a bad target module, say): it fails at once."""
+    """Suggest a trial's parameters and put it in the pack. Returns None, a :class:`Repeat`
+    (nothing to train), or the exception of a configuration that cannot even be built (a bad
+    target module, say): it fails at once."""
     params = suggest(trial, space)
     set_user_attrs(trial.study, trial, {"params": params, "worker": me})  # fixed ones too
+    earlier = find_repeat(trial.study, params)
+    if earlier is not None:
+        return Repeat(earlier)
     display.trial_started(trial.number, _summary(params))
     try:
         pack.add(trial.number, params)
@@ -711,6 +786,32 @@ def _tell(space: Space, study: Any, flight: _Flight, result: Any, display: Any) 
                 tb_attr = {"fail_traceback": tb} if tb else {}
                 set_user_attrs(study, trial, {**seconds, **tb_attr, "fail_reason": reason})
                 frozen = study.tell(trial, state=TrialState.FAIL)
+            elif isinstance(result, Repeat):
+                of = result.of
+                keep = ("trainable_params", "trainable_pct", "base_params", "template_text")
+                attrs = {k: of.user_attrs[k] for k in keep if k in of.user_attrs}
+                attrs.update(
+                    {**seconds, "duplicate_of": of.number, "train_steps": 0, "planned_steps": 0}
+                )
+                if "pruned_at" in of.user_attrs:
+                    attrs["pruned_at"] = of.user_attrs["pruned_at"]
+                set_user_attrs(study, trial, attrs)
+                if of.state == TrialState.COMPLETE:
+                    frozen = study.tell(trial, list(of.values))
+                else:
+                    frozen = study.tell(trial, state=TrialState.PRUNED)
+            elif getattr(result, "pruned", False):
+                rungs = study._storage.get_trial(trial._trial_id).user_attrs.get("rungs") or []
+                stopped = {
+                    "rung": rungs[-1]["rung"] if rungs else None,
+                    "step": result.attrs.get("train_steps"),
+                    "of": result.attrs.get("planned_steps"),
+                    "metric": result.metric,
+                }
+                attrs = {**seconds, **result.attrs, "pruned_at": stopped}
+                set_user_attrs(study, trial, attrs)
+                # No values and no intermediate values: see peftsearch.searcher.pruners.
+                frozen = study.tell(trial, state=TrialState.PRUNED)
             else:
                 set_user_attrs(study, trial, {**seconds, **result.attrs})
                 # Before tell: Optuna refuses to attach anything to a finished trial.

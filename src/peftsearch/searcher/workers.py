@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from peftsearch.errors import UserError
+from peftsearch.reports.trials import front_trials
 from peftsearch.searcher.artifacts import upload_study_artifacts
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.samplers import make_sampler
@@ -249,7 +250,7 @@ class _Parent:
         ]
         if not new:
             return
-        best = self.study.best_trials
+        best = front_trials(self.study)
         top = max((t.values[0] for t in best), default=None)
         done = min(sum(map(counts_toward_budget, trials)), n_trials)
         for t in sorted(new, key=lambda t: t.datetime_complete or t.datetime_start):

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from peftsearch.errors import SpaceError
 from peftsearch.spaces._params import (
+    DEFAULT_PARAMS,
     RULES,
     CategoricalDist,
     FloatDist,
@@ -20,11 +21,20 @@ from peftsearch.spaces._params import (
     ParamSpec,
 )
 from peftsearch.spaces._paths import PathProblem, is_data_file_name, resolve
-from peftsearch.spaces._schema import DataSpec, ModelSpec, ObjectivesSpec, Space, StudySpec
+from peftsearch.spaces._schema import (
+    DataSpec,
+    ModelSpec,
+    ObjectivesSpec,
+    PrunerSpec,
+    Space,
+    StudySpec,
+)
 from peftsearch.spaces._templates import Template, has_mask_slot, render, template_text
 
 __all__ = [
+    "DEFAULT_PARAMS",
     "RULES",
+    "PrunerSpec",
     "CategoricalDist",
     "DataSpec",
     "FloatDist",

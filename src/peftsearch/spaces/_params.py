@@ -134,27 +134,32 @@ ParamSpec = Annotated[
 class Rule:
     """What values a known parameter accepts, and its default when the space omits it."""
 
-    kind: Literal["int", "float", "str", "modules", "optional_int", "optional_str"]
+    kind: Literal[
+        "int", "float", "str", "modules", "optional_int", "optional_str", "optional_float"
+    ]
     default: Any
     low: float | None = None  # inclusive unless low_open
     high: float | None = None  # inclusive unless high_open
     low_open: bool = False
     high_open: bool = False
     help: str = ""
+    choices: tuple[str, ...] | None = None  # the values a str parameter takes
 
     def check(self, value: Any) -> None:
         """Raise ValueError unless ``value`` is allowed for this parameter."""
-        if self.kind in ("optional_int", "optional_str") and value is None:
+        if self.kind in ("optional_int", "optional_str", "optional_float") and value is None:
             return
         if self.kind in ("int", "optional_int"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"must be an integer, got {value!r}")
-        elif self.kind == "float":
+        elif self.kind in ("float", "optional_float"):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"must be a number, got {value!r}")
         elif self.kind in ("str", "optional_str"):
             if not isinstance(value, str):
                 raise ValueError(f"must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
             return
         elif self.kind == "modules":
             ok = value is None or (
@@ -183,7 +188,35 @@ RULES: dict[str, Rule] = {
     ),
     "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
     "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
-    "learning_rate": Rule("float", 1e-3, low=0, low_open=True, help="AdamW peak learning rate"),
+    "learning_rate": Rule(
+        "float",
+        1e-3,
+        low=0,
+        low_open=True,
+        help="AdamW peak learning rate of the LoRA weights (and of the head and the soft prompt "
+        "unless head_learning_rate / prompt_learning_rate are given)",
+    ),
+    "head_learning_rate": Rule(
+        "optional_float",
+        None,
+        low=0,
+        low_open=True,
+        help="peak learning rate of the classification head; null = learning_rate",
+    ),
+    "prompt_learning_rate": Rule(
+        "optional_float",
+        None,
+        low=0,
+        low_open=True,
+        help="peak learning rate of the soft prompt; null = learning_rate",
+    ),
+    "prompt_init": Rule(
+        "str",
+        "vocab",
+        choices=("vocab", "random"),
+        help="soft prompt start: embeddings of tokens sampled from the train rows (vocab, "
+        "Lester et al. 2021) or N(0, 1) rows (random, peft's RANDOM)",
+    ),
     "lora_alpha": Rule("float", 16, low=0, low_open=True, help="LoRA scale numerator (alpha / r)"),
     "lora_dropout": Rule("float", 0.0, low=0, high=1, high_open=True),
     "target_modules": Rule("modules", None, help="LoRA targets; null = peft's default"),
@@ -199,11 +232,11 @@ def check_param(name: str, spec: Any) -> None:
     """Check a parsed entry against the rule of ``name``; raise ValueError with the reason."""
     rule = RULES[name]
     if isinstance(spec, FloatDist):
-        if rule.kind != "float":
+        if rule.kind not in ("float", "optional_float"):
             raise ValueError(f"`type: float` does not fit {name}, which takes {rule.kind} values")
         values: list[Any] = [spec.low, spec.high]
     elif isinstance(spec, IntDist):
-        if rule.kind not in ("int", "float", "optional_int"):
+        if rule.kind not in ("int", "float", "optional_int", "optional_float"):
             raise ValueError(f"`type: int` does not fit {name}, which takes {rule.kind} values")
         values = [spec.low, spec.high]
     elif isinstance(spec, CategoricalDist):
@@ -214,3 +247,38 @@ def check_param(name: str, spec: Any) -> None:
         values = [spec]
     for v in values:
         rule.check(v)
+
+
+def _cat(*choices: Any) -> CategoricalDist:
+    return CategoricalDist(type="categorical", choices=list(choices))
+
+
+def _log(low: float, high: float) -> FloatDist:
+    return FloatDist(type="float", low=low, high=high, log=True)
+
+
+# The space a file without `params:` searches, per head kind (template and verbalizer: all of
+# the file's). Each part has its own learning-rate range: a new linear head and a soft prompt
+# want rates one to two orders of magnitude above LoRA's (measured on MiniLM + Rotten Tomatoes
+# and SMS spam: benchmarks/RESULTS.md, "Per-part learning rates").
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "classifier": {
+        "prompt_length": _cat(0, 4, 16),
+        "lora_r": _cat(0, 1, 4, 16),
+        "learning_rate": _log(3e-4, 1e-2),
+        "head_learning_rate": _log(3e-3, 1e-1),
+        "prompt_learning_rate": _log(3e-3, 3e-1),
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_ratio": 0.06,
+    },
+    "verbalizer": {
+        "prompt_length": _cat(0, 4, 16),
+        "lora_r": _cat(0, 1, 4, 16),
+        "learning_rate": _log(1e-4, 3e-3),
+        "prompt_learning_rate": _log(1e-3, 1e-1),
+        "epochs": 1,
+        "batch_size": 16,
+        "warmup_ratio": 0.06,
+    },
+}

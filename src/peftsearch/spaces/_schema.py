@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from peftsearch.spaces._params import (
+    DEFAULT_PARAMS,
     RULES,
     CategoricalDist,
     FloatDist,
@@ -100,6 +101,38 @@ class ObjectivesSpec(_Section):
     cost: Literal["trainable_params"] = Field("trainable_params", description="minimized")
 
 
+class PrunerSpec(_Section):
+    """Multi-objective successive halving (MO-ASHA, Schmucker et al. 2021): a trial is scored
+    on its eval rows at rungs (fractions of its own training steps: ``min_fraction``, times
+    ``reduction``, times ``reduction`` again, ... below 1) and stopped unless it ranks in the top
+    1 / ``reduction`` of the trials that reached that rung (non-dominated sorting of metric and
+    trainable parameters; see peftsearch.searcher.pruners)."""
+
+    type: Literal["moasha", "none"] = Field("moasha", description="moasha | none")
+    min_fraction: float = Field(
+        0.25, gt=0, lt=1, description="the first rung, as a fraction of a trial's steps"
+    )
+    reduction: float = Field(3.0, gt=1, description="keep the top 1/reduction at each rung")
+    min_trials: int | None = Field(
+        None, ge=1, description="no trial stops at a rung fewer trials reached (default: reduction)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _word(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    def rungs(self) -> list[float]:
+        """The rung fractions, smallest first (empty when ``type`` is none)."""
+        if self.type == "none":
+            return []
+        out, f = [], self.min_fraction
+        while f < 1 - 1e-9:
+            out.append(round(f, 6))
+            f *= self.reduction
+        return out
+
+
 class StudySpec(_Section):
     name: str | None = Field(None, description="default: the space file's name")
     storage: str | None = Field(
@@ -117,6 +150,15 @@ class StudySpec(_Section):
         description="trials trained together on one copy of the base model, each with its own "
         "rows of every batch (batched multi-adapter training; results equal the trial alone). "
         "auto: 16 on a GPU, 1 on CPU",
+    )
+    pruner: PrunerSpec = Field(
+        default_factory=PrunerSpec,
+        description="moasha (default): stop trials that rank low at rungs; none: train all",
+    )
+    coverage: bool = Field(
+        True,
+        description="run first a trial of each size class of the space (head only, the "
+        "smallest and largest LoRA rank, a soft prompt) so the front spans the parameter axis",
     )
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -159,7 +201,9 @@ class Space(_Section):
             }
         return v
 
-    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    params: dict[str, ParamSpec] | None = Field(
+        None, description="omitted: the default space of the model kind (DEFAULT_PARAMS)"
+    )
     objectives: ObjectivesSpec = Field(default_factory=ObjectivesSpec)
     study: StudySpec = Field(default_factory=StudySpec)
     output: str | None = Field(None, description="default: runs/<study name> under the cwd")
@@ -173,7 +217,7 @@ class Space(_Section):
                 raise PydanticCustomError(
                     "at_key", "{msg}", {"msg": str(exc), "loc": ("templates", name)}
                 ) from None
-        for name, spec in self.params.items():
+        for name, spec in (self.params or {}).items():
             if name not in RULES:
                 raise PydanticCustomError(
                     "at_key",
@@ -204,7 +248,7 @@ class Space(_Section):
                 if msg:
                     raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
         self._check_verbalizers()
-        template = self.params.get("template")
+        template = (self.params or {}).get("template")
         if template is not None:
             names: list[Any] = (
                 template.choices if isinstance(template, CategoricalDist) else [template]
@@ -226,7 +270,7 @@ class Space(_Section):
         def fail(msg: str, *loc: Any) -> None:
             raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
 
-        verbalizer = self.params.get("verbalizer")
+        verbalizer = (self.params or {}).get("verbalizer")
         if self.model.head == "classifier":
             if self.verbalizers:
                 fail("verbalizers need model.head: verbalizer", "verbalizers")
@@ -320,8 +364,14 @@ class Space(_Section):
             params["verbalizer"] = CategoricalDist(
                 type="categorical", choices=list(self.verbalizers)
             )
-        params.update(self.params)
+        params.update(self.params if self.params is not None else default_params(self))
         return params
+
+
+def default_params(space: Space) -> dict[str, Any]:
+    """The space searched when a file has no ``params:`` section (see DEFAULT_PARAMS)."""
+    kind = "classifier" if space.model.head == "classifier" else "verbalizer"
+    return {k: v for k, v in DEFAULT_PARAMS[kind].items()}
 
 
 def _enqueue_problem(spec: CategoricalDist | FloatDist | IntDist, value: Any) -> str | None:

@@ -1,0 +1,265 @@
+"""MO-ASHA in a study: rung records in the storage, decisions across handles and runs, pruned
+trials told PRUNED, an unstopped trial unchanged by its rung evaluations, TPE steered by stopped
+trials, coverage trials first and repeats not trained again."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from peftsearch.objectives.runner import TrialRunner
+from peftsearch.searcher.pruners import MOASHA, RUNGS_ATTR
+from peftsearch.searcher.study import open_study, run_study
+from peftsearch.searcher.suggest import coverage_configs
+from peftsearch.spaces import load_space
+from tests.objectives.test_runner import params, write_space_file
+
+PRUNER = {"type": "moasha", "min_fraction": 0.25, "reduction": 3, "min_trials": 2}
+
+
+def _rung_trial(metric: float, loss: float, n: int, state: TrialState) -> Any:
+    entry = {"rung": 0, "step": 5, "metric": metric, "eval_loss": loss, "trainable_params": n}
+    values = [metric, n] if state == TrialState.COMPLETE else None
+    return create_trial(state=state, values=values, user_attrs={RUNGS_ATTR: [entry]})
+
+
+def _study(storage: Any = None, name: str = "s") -> Any:
+    return optuna.create_study(
+        study_name=name, storage=storage, directions=["maximize", "minimize"], load_if_exists=True
+    )
+
+
+# --- decisions from the storage ------------------------------------------------------------------
+
+
+def test_a_trial_is_ranked_against_every_trial_that_reached_the_rung() -> None:
+    study = _study()
+    # Four peers with 1,000 params: two good (kept and complete), two at the majority class.
+    for metric, loss, state in [
+        (0.80, 0.4, TrialState.COMPLETE),
+        (0.78, 0.5, TrialState.PRUNED),
+        (0.58, 0.69, TrialState.PRUNED),
+        (0.58, 0.70, TrialState.COMPLETE),
+    ]:
+        study.add_trial(_rung_trial(metric, loss, 1000, state))
+    # A failed trial's rung record does not count: its retry reaches the rung again.
+    study.add_trial(_rung_trial(0.99, 0.01, 10, TrialState.FAIL))
+    pruner = MOASHA(reduction=3, min_trials=2)
+    weak = study.ask()
+    assert pruner.decide(study, weak, 0, 5, 0.58, 0.71, 1000) is True  # 5 at the rung: keep 2
+    strong = study.ask()
+    assert pruner.decide(study, strong, 0, 5, 0.81, 0.3, 1000) is False
+    # The small one is never dominated on parameters: kept at the majority class.
+    small = study.ask()
+    assert pruner.decide(study, small, 0, 5, 0.58, 0.69, 50) is False
+    rec = study.get_trials()[-1].user_attrs[RUNGS_ATTR]
+    # small saw 4 peers + weak + strong (running trials that reached the rung count too)
+    assert rec == [
+        {
+            "rung": 0,
+            "step": 5,
+            "fraction": None,
+            "metric": 0.58,
+            "eval_loss": 0.69,
+            "trainable_params": 50,
+            "peers": 6,
+            "stopped": False,
+        }
+    ]
+
+
+def test_ties_at_the_majority_class_are_broken_by_eval_loss() -> None:
+    study = _study()
+    for loss in (0.60, 0.65, 0.70):
+        study.add_trial(_rung_trial(0.578, loss, 5000, TrialState.PRUNED))
+    pruner = MOASHA(reduction=2, min_trials=2)
+    lower = study.ask()
+    assert pruner.decide(study, lower, 0, 5, 0.578, 0.50, 5000) is False
+    higher = study.ask()
+    assert pruner.decide(study, higher, 0, 5, 0.578, 0.68, 5000) is True
+
+
+def test_decisions_hold_across_processes_sharing_a_storage(tmp_path: Path) -> None:
+    """Two handles on one SQLite file (two workers, or two hosts on PostgreSQL): a rung
+    recorded through one is a peer of a trial deciding through the other."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    one, two = _study(url), _study(url)
+    pruner = MOASHA(reduction=2, min_trials=2)
+    first = one.ask()
+    assert pruner.decide(one, first, 0, 5, 0.9, 0.2, 100) is False  # alone: no evidence yet
+    second = two.ask()
+    assert pruner.decide(two, second, 0, 5, 0.6, 0.6, 100) is True
+    (entry,) = optuna.load_study(study_name="s", storage=url).trials[1].user_attrs[RUNGS_ATTR]
+    assert entry["peers"] == 1 and entry["stopped"] is True
+
+
+def test_the_min_trials_guard_stops_nobody_early() -> None:
+    study = _study()
+    study.add_trial(_rung_trial(0.9, 0.1, 10, TrialState.COMPLETE))
+    trial = study.ask()
+    assert MOASHA(reduction=3).decide(study, trial, 0, 5, 0.1, 2.0, 10**6) is False  # 2 < 3
+
+
+# --- TPE learns from stopped trials ----------------------------------------------------------
+
+
+def _tpe_choices(told_as: TrialState) -> list[str]:
+    """What TPE suggests after 4 trials of 'a' that were stopped (or failed) and 4 completed
+    trials of 'b'."""
+    study = _study()
+    dist = {"x": CategoricalDistribution(["a", "b"])}
+    for i in range(4):
+        study.add_trial(create_trial(state=told_as, params={"x": "a"}, distributions=dist))
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                params={"x": "b"},
+                distributions=dist,
+                values=[0.6 + 0.05 * i, 1000 - 100 * i],
+            )
+        )
+    study.sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True)
+    out = []
+    for _ in range(30):
+        trial = study.ask()
+        out.append(trial.suggest_categorical("x", ["a", "b"]))
+        study.tell(trial, state=TrialState.FAIL)  # ignored by TPE: the history stays the same
+    return out
+
+
+def test_stopped_trials_steer_tpe_away_from_their_region() -> None:
+    pruned = _tpe_choices(TrialState.PRUNED).count("a")
+    failed = _tpe_choices(TrialState.FAIL).count("a")  # FAIL: TPE knows nothing of 'a'
+    assert pruned < failed / 2, (pruned, failed)
+    assert pruned <= 5
+
+
+# --- in a real study --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def space_file(tmp_path: Path, tiny_model: Path, sentiment_csv: Path) -> Path:
+    return write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        study={"n_trials": 8, "seed": 0, "pruner": PRUNER, "coverage": False},
+    )
+
+
+def test_a_study_stops_trials_at_rungs_and_records_why(space_file: Path, one_thread) -> None:
+    space = load_space(space_file)
+    outcome = run_study(space, show_progress=False)
+    trials = open_study(space, create=False).trials
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len(trials) == 8
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.user_attrs.get(RUNGS_ATTR) for t in trials]
+    assert outcome.counts.get("pruned") == len(pruned)
+    for t in pruned:
+        at = t.user_attrs["pruned_at"]
+        rungs = t.user_attrs[RUNGS_ATTR]
+        assert rungs[-1]["stopped"] is True and all(not e["stopped"] for e in rungs[:-1])
+        assert at["step"] == rungs[-1]["step"] == t.user_attrs["train_steps"] < at["of"]
+        assert at["of"] == t.user_attrs["planned_steps"] == 10  # 160 rows / 16, 1 epoch
+        assert rungs[-1]["peers"] + 1 >= PRUNER["min_trials"]
+        assert t.values is None and t.intermediate_values == {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:  # passed every rung: 0.25 and 0.75 of 10 steps
+            assert [e["step"] for e in t.user_attrs[RUNGS_ATTR]] == [2, 8]
+            assert t.user_attrs["train_steps"] == t.user_attrs["planned_steps"] == 10
+
+
+def test_rung_evaluations_do_not_change_a_trial_that_goes_on(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path
+) -> None:
+    space = load_space(
+        write_space_file(tmp_path, tiny_model, sentiment_csv, study={"pruner": PRUNER})
+    )
+    runner = TrialRunner(space)
+    p = params(lora_r=2, prompt_length=2, learning_rate=2e-2, epochs=2, lora_dropout=0.1)
+    seen: list[tuple[int, int]] = []
+
+    def keep(rung: int, step: int, metric: float, loss: float, n: int) -> bool:
+        seen.append((rung, step))
+        assert 0 <= metric <= 1 and math.isfinite(loss) and n > 0
+        return False
+
+    judged = runner.run(p, on_rung=keep)
+    plain = runner.run(p)
+    assert seen == [(0, 5), (1, 15)]  # 0.25 and 0.75 of 20 steps
+    assert judged.metric == plain.metric
+    assert judged.attrs["train_loss_curve"] == plain.attrs["train_loss_curve"]
+    assert judged.attrs["eval_loss"] == pytest.approx(plain.attrs["eval_loss"], abs=1e-9)
+    stopped = runner.run(p, on_rung=lambda rung, *a: rung == 1)
+    assert stopped.pruned and stopped.attrs["train_steps"] == 15
+    assert stopped.attrs["planned_steps"] == 20
+
+
+def test_a_pruned_slot_of_a_pack_is_refilled_and_the_budget_is_exact(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path, one_thread
+) -> None:
+    path = write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        study={"n_trials": 7, "seed": 3, "pack": 3, "pruner": PRUNER, "coverage": False},
+    )
+    space = load_space(path)
+    run_study(space, show_progress=False)
+    trials = open_study(space, create=False).trials
+    states = [t.state for t in trials]
+    assert len(trials) == 7 and TrialState.PRUNED in states
+    assert all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    # A resumed run with a larger budget judges new trials against the first run's rungs.
+    space2 = load_space(path, {"study.n_trials": 9})
+    run_study(space2, show_progress=False)
+    later = open_study(space2, create=False).trials[7:]
+    assert len(later) == 2
+    assert all(t.user_attrs[RUNGS_ATTR][0]["peers"] >= 7 for t in later)
+
+
+# --- coverage and repeats -------------------------------------------------------------------
+
+
+def test_coverage_spans_the_size_classes_of_the_space(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path
+) -> None:
+    space = load_space(write_space_file(tmp_path, tiny_model, sentiment_csv))
+    configs = coverage_configs(space)
+    sizes = [(c["lora_r"], c["prompt_length"]) for c in configs]
+    assert sizes == [(0, 0), (0, 2), (2, 0), (4, 0)]
+    lr = math.sqrt(1e-3 * 3e-2)
+    assert all(c["learning_rate"] == pytest.approx(lr) for c in configs)
+
+
+def test_the_first_trials_of_a_study_are_the_coverage_trials_and_repeats_are_not_trained(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path, one_thread
+) -> None:
+    path = write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        params={"template": "plain", "lora_r": {"type": "categorical", "choices": [0, 2]}},
+        study={"n_trials": 6, "seed": 0, "pruner": "none", "coverage": True},
+    )
+    space = load_space(path)
+    run_study(space, show_progress=False)
+    trials = open_study(space, create=False).trials
+    assert [t.params["lora_r"] for t in trials[:2]] == [0, 2]
+    assert all(t.user_attrs.get("coverage") for t in trials[:2])
+    # Only two configurations exist: every later trial repeats one and trains nothing.
+    for t in trials[2:]:
+        of = trials[t.user_attrs["duplicate_of"]]
+        assert t.params == of.params and t.values == of.values
+        assert t.user_attrs["train_steps"] == 0 and "train_loss_curve" not in t.user_attrs
+    from peftsearch.reports.trials import front_trials
+
+    front = front_trials(open_study(space, create=False))
+    assert all("duplicate_of" not in t.user_attrs for t in front) and front
