@@ -71,11 +71,12 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
     (log) ranges; every other searched parameter is left to the sampler."""
     searched = space.search_params()
     ranks, lengths = _values(searched.get("lora_r")), _values(searched.get("prompt_length"))
-    fixed_r, fixed_k = searched.get("lora_r"), searched.get("prompt_length")
-    r_choices = ranks if ranks is not None else [fixed_r]
-    k_choices = lengths if lengths is not None else [fixed_k]
     if ranks is None and lengths is None:
         return []  # one size class: nothing to cover
+    r_choices: list[int] = ranks if ranks is not None else [int(searched["lora_r"])]
+    k_choices: list[int] = lengths if lengths is not None else [int(searched["prompt_length"])]
+    if not r_choices or not k_choices:
+        return []
     r_min, k_min = min(r_choices), min(k_choices)
     nonzero_r = [r for r in r_choices if r > 0]
     nonzero_k = [k for k in k_choices if k > 0]
