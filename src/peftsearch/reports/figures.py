@@ -5,19 +5,27 @@
 
 Conventions: the metric is maximized and trainable parameters are minimized (the study's
 directions); only COMPLETE trials have values, so only they appear as points.
+
+Successive halving (``peftsearch.searcher.pruners``) writes on each trial a ``rungs`` list (what
+it scored at each rung it reached); a trial it stopped is PRUNED, without values, with a
+``pruned_at`` record. A repeated configuration (``duplicate_of``) was not trained: it carries an
+earlier trial's result, so per-template statistics and importances leave it out (it would count
+twice), as the front does. Studies from before pruning have none of these attributes.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from peftsearch.reports.pareto import pareto_rows
 from peftsearch.reports.select import pick_trial
-from peftsearch.reports.trials import front_trials, trial_params
+from peftsearch.reports.trials import DUPLICATE_ATTR, front_trials, trial_params
 
 if TYPE_CHECKING:
     import optuna
@@ -26,6 +34,9 @@ if TYPE_CHECKING:
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 # Below this many complete trials, importances come with a warning that they are a rough hint.
 FEW_TRIALS = 20
+# A template with fewer COMPLETE trials than this, or more stopped early than completed, is
+# marked "too few / too short to judge".
+FEW_PER_TEMPLATE = 3
 NO_REASON = "no reason recorded (the worker stopped: killed, or its heartbeat was lost)"
 
 
@@ -53,8 +64,10 @@ class ParetoInfo(NamedTuple):
 class TemplateMetrics(NamedTuple):
     template: str
     text: str | None  # the template text (from the trials), None if not recorded
-    trials: list[int]
+    trials: list[int]  # its COMPLETE trials, repeats left out
     metrics: list[float]
+    stopped: list[int]  # its trials stopped early by successive halving, repeats left out
+    note: str  # "too few / too short to judge: ..." when the evidence is thin; else ""
 
 
 class Importances(NamedTuple):
@@ -69,6 +82,87 @@ class History(NamedTuple):
     best_metric: list[float]  # best metric so far
     hypervolume: list[float]  # hypervolume of the front so far (see :func:`hypervolume_2d`)
     reference: tuple[float, float]  # (metric, trainable params) of the reference point
+
+
+class StepsHistory(NamedTuple):
+    """Hypervolume against the training steps spent (see :func:`hypervolume_by_steps`)."""
+
+    steps: list[int]  # cumulative training steps after each finished trial, completion order
+    hypervolume: list[float]  # hypervolume of the COMPLETE non-repeat front at that point
+    reference: tuple[float, float]  # the same reference point as History's
+
+
+class RungScore(NamedTuple):
+    """What one trial scored at one rung of successive halving."""
+
+    rung: int
+    step: int
+    metric: float
+    peers: int | None  # how many other trials it was ranked against (None: not recorded)
+    stopped: bool  # this rung stopped it
+    protected: bool = False  # ranked low enough to stop, kept on as a coverage trial
+
+
+class StoppedTrial(NamedTuple):
+    """A trial successive halving stopped early (PRUNED, not a repeat)."""
+
+    trial: int
+    template: str | None
+    prompt_length: Any
+    lora_r: Any
+    learning_rate: Any
+    params: int | None  # trainable parameters
+    rung: int | None  # the rung that stopped it
+    step: int | None  # stopped at this training step ...
+    of: int | None  # ... of this many planned
+    metric: float | None  # its score at that rung
+    peers: int | None  # the trials it was ranked against there
+    rungs: list[RungScore]  # every rung it reached, in order
+    coverage: bool  # one of the coverage trials run first
+    config: dict[str, Any]
+
+
+class RungSummary(NamedTuple):
+    """One rung over every finished trial that reached it (repeats left out)."""
+
+    rung: int
+    reached: int  # trials scored at this rung
+    stopped: int  # of which stopped there
+    steps: tuple[int, int]  # (fewest, most) training steps at which trials reached it
+    metrics: list[float]  # their scores there, ascending
+    median: float
+    protected: int = 0  # of which ranked low enough to stop but kept (coverage trials)
+
+
+class ComputeSaved(NamedTuple):
+    """Training steps run against the steps the same trials would have run unpruned."""
+
+    trials: int  # finished trials that recorded their steps (repeats left out: they ran none)
+    steps_run: int
+    steps_planned: int  # sum of planned_steps: every trial trained to its end
+    ratio: float | None  # steps_run / steps_planned, None without planned steps
+    saved: int  # steps_planned - steps_run
+
+
+class PruningInfo(NamedTuple):
+    stopped: list[StoppedTrial]  # by trial number
+    rungs: list[RungSummary]  # by rung
+    with_rungs: int  # finished non-repeat trials with rung records (0: pruning off or old study)
+    repeats: int  # PRUNED repeats of a stopped configuration (not trained, not listed)
+    compute: ComputeSaved
+
+
+class StepCurve(NamedTuple):
+    """A trial's metric against its training steps: its rungs, then its end if it completed."""
+
+    trial: int
+    template: str
+    steps: list[int]
+    metrics: list[float]
+    stopped: bool  # ends at the rung that stopped it
+    pareto: bool
+    params: int | None  # trainable parameters
+    config: dict[str, Any]
 
 
 class LossCurve(NamedTuple):
@@ -110,6 +204,11 @@ class ReportData:
     curves: list[LossCurve]
     table: list[dict[str, Any]] = field(default_factory=list)  # pareto.pareto_rows
     zero_shot: list[dict[str, Any]] = field(default_factory=list)  # zero_shot_rows
+    pruning: PruningInfo = field(
+        default_factory=lambda: PruningInfo([], [], 0, 0, ComputeSaved(0, 0, 0, None, 0))
+    )
+    step_curves: list[StepCurve] = field(default_factory=list)
+    steps_history: StepsHistory = field(default_factory=lambda: StepsHistory([], [], (0.0, 1.0)))
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -117,6 +216,44 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return sorted(trials, key=lambda t: t.number)
+
+
+def _is_repeat(trial: optuna.trial.FrozenTrial) -> bool:
+    return DUPLICATE_ATTR in trial.user_attrs
+
+
+def _trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials that trained (repeats of an earlier configuration left out)."""
+    return [t for t in _complete(study) if not _is_repeat(t)]
+
+
+def _stopped(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The PRUNED trials that trained (stopped early), by number; repeats left out."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    return sorted((t for t in trials if not _is_repeat(t)), key=lambda t: t.number)
+
+
+def _int(value: Any) -> int | None:
+    """An int user attribute, or None (missing, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _rung_scores(trial: optuna.trial.FrozenTrial) -> list[RungScore]:
+    """The trial's ``rungs`` records, in rung order (entries missing a number are skipped)."""
+    out = []
+    for e in trial.user_attrs.get("rungs") or []:
+        if not isinstance(e, dict):
+            continue
+        rung, step, metric = _int(e.get("rung")), _int(e.get("step")), e.get("metric")
+        if rung is None or step is None or not isinstance(metric, int | float):
+            continue
+        peers, stopped = _int(e.get("peers")), bool(e.get("stopped"))
+        out.append(RungScore(rung, step, float(metric), peers, stopped, bool(e.get("protected"))))
+    return sorted(out, key=lambda r: (r.rung, r.step))
 
 
 def _config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -131,7 +268,7 @@ def pareto_info(study: optuna.Study) -> ParetoInfo:
     base = study.user_attrs.get("base_params")
     front_numbers = {t.number for t in front_trials(study)}
     points = []
-    for t in _complete(study):
+    for t in _trained(study):  # a repeat would be a second point on its original
         config = _config(study, t)
         params = int(t.values[1])
         pct = t.user_attrs.get("trainable_pct")
@@ -156,35 +293,72 @@ def pareto_info(study: optuna.Study) -> ParetoInfo:
     return ParetoInfo(points, front, knee)
 
 
+def _thin_note(completed: int, stopped: int) -> str:
+    """Why a template's evidence is too thin to judge it, or ""."""
+    few = completed < FEW_PER_TEMPLATE
+    short = stopped > completed
+    if not (few or short):
+        return ""
+    reasons = []
+    if few:
+        reasons.append(f"{completed} completed trial{'' if completed == 1 else 's'}")
+    if short:
+        reasons.append(f"{stopped} of {completed + stopped} stopped early")
+    label = "too few / too short" if few and short else "too few" if few else "too short"
+    return f"{label} to judge: {', '.join(reasons)}"
+
+
 def template_metrics(study: optuna.Study) -> list[TemplateMetrics]:
-    """The metric of every COMPLETE trial, grouped by template (search-space order first)."""
+    """The metric of every COMPLETE trial, grouped by template (search-space order first),
+    with the trials stopped early and a note when a template has too little evidence.
+
+    Repeats are left out. A stopped trial without a recorded template is not attributed.
+    """
     groups: dict[str, TemplateMetrics] = {}
-    for t in _complete(study):
-        name = str(_config(study, t).get("template"))
-        group = groups.setdefault(name, TemplateMetrics(name, None, [], []))
+
+    def group_of(t: optuna.trial.FrozenTrial, name: str) -> TemplateMetrics:
+        group = groups.setdefault(name, TemplateMetrics(name, None, [], [], [], ""))
         if group.text is None and "template_text" in t.user_attrs:
             group = groups[name] = group._replace(text=str(t.user_attrs["template_text"]))
+        return group
+
+    for t in _trained(study):
+        group = group_of(t, str(_config(study, t).get("template")))
         group.trials.append(t.number)
         group.metrics.append(t.values[0])
+    for t in _stopped(study):
+        template = _config(study, t).get("template")
+        if template is not None:
+            group_of(t, str(template)).stopped.append(t.number)
     spec = study.user_attrs.get("search_space", {}).get("template")
     order = [str(c) for c in spec.get("choices", [])] if isinstance(spec, dict) else []
     rank = {name: i for i, name in enumerate(order)}
-    return sorted(groups.values(), key=lambda g: (rank.get(g.template, len(rank)), g.template))
+    return sorted(
+        (g._replace(note=_thin_note(len(g.trials), len(g.stopped))) for g in groups.values()),
+        key=lambda g: (rank.get(g.template, len(rank)), g.template),
+    )
 
 
 def _importance_for(
-    study: optuna.Study, trials: list[optuna.trial.FrozenTrial], index: int, label: str
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    index: int,
+    label: str,
+    left_out: str = "",
 ) -> Importances:
+    """``study`` holds exactly ``trials`` (the COMPLETE non-repeat ones); ``left_out`` says
+    which trials were not used ("" when none)."""
     import optuna
+
+    def empty(why: str) -> Importances:
+        return Importances(label, {}, "; ".join(x for x in (why, left_out) if x))
 
     values = [t.values[index] for t in trials]
     if len(trials) < 2:
-        return Importances(label, {}, "needs at least 2 completed trials")
+        return empty("needs at least 2 completed trials")
     if len(set(values)) < 2:
-        return Importances(
-            label,
-            {},
-            f"every completed trial has the same value ({values[0]:g}): nothing to explain",
+        return empty(
+            f"every completed trial has the same value ({values[0]:g}): nothing to explain"
         )
     varied = sorted(
         name
@@ -192,7 +366,7 @@ def _importance_for(
         if len({repr(t.params.get(name)) for t in trials}) > 1
     )
     if not varied:
-        return Importances(label, {}, "no searched parameter took more than one value")
+        return empty("no searched parameter took more than one value")
     # PED-ANOVA (Optuna's default, and the only evaluator that needs no scikit-learn) asks
     # which parameters it takes to reach the *lowest* target values, so the maximized metric
     # is negated. Its default top 10% holds a single trial in a small study; Optuna's docs
@@ -210,20 +384,48 @@ def _importance_for(
                 target=lambda t: sign * t.values[index],
             )
     except Exception as exc:  # a report must never fail on a statistic
-        return Importances(label, {}, f"could not be computed: {type(exc).__name__}: {exc}")
-    note = ""
+        return empty(f"could not be computed: {type(exc).__name__}: {exc}")
+    few = ""
     if len(trials) < FEW_TRIALS:
-        note = f"only {len(trials)} completed trials: a rough hint, not a ranking"
-    return Importances(label, dict(result), note)
+        few = f"only {len(trials)} completed trials: a rough hint, not a ranking"
+    return Importances(label, dict(result), "; ".join(x for x in (few, left_out) if x))
 
 
 def importances(study: optuna.Study) -> list[Importances]:
-    """Parameter importances for each objective (metric first, then trainable parameters)."""
-    trials = _complete(study)
+    """Parameter importances for each objective (metric first, then trainable parameters).
+
+    Computed on the COMPLETE trials only, repeats left out (a repeat carries an earlier
+    trial's values and would count twice): they are copied into an in-memory study, since
+    Optuna's evaluators read every COMPLETE trial of the study they are given. The note says
+    how many trials stopped early are not used.
+    """
+    import optuna
+
+    trials = _trained(study)
+    stopped = len(_stopped(study))
+    repeats = sum(1 for t in _complete(study) if _is_repeat(t))
+    left_out = []
+    if stopped:
+        left_out.append(
+            f"computed on the {len(trials)} COMPLETE trials only: the {stopped} "
+            f"trial{' was' if stopped == 1 else 's were'} stopped early by successive halving "
+            "(no final score) and left out"
+        )
+    if repeats:
+        left_out.append(
+            f"{repeats} repeated configuration{'' if repeats == 1 else 's'} counted once"
+        )
+    try:
+        own = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(), directions=study.directions
+        )
+        own.add_trials(trials)
+    except Exception:  # a report must never fail on a statistic (repeats then count twice)
+        own = study
     metric = study.user_attrs.get("metric", "metric")
     return [
-        _importance_for(study, trials, 0, f"{metric} (maximized)"),
-        _importance_for(study, trials, 1, "trainable parameters (minimized)"),
+        _importance_for(own, trials, 0, f"{metric} (maximized)", "; ".join(left_out)),
+        _importance_for(own, trials, 1, "trainable parameters (minimized)", "; ".join(left_out)),
     ]
 
 
@@ -250,6 +452,15 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
     return area
 
 
+def _reference(study: optuna.Study) -> tuple[float, float]:
+    """(metric, trainable params) of the hypervolume reference point: see :func:`history`."""
+    trials = _complete(study)
+    metrics = [t.values[0] for t in trials]
+    params = [max(t.values[1], 1.0) for t in trials]
+    base = study.user_attrs.get("base_params") or 0
+    return (min([0.0, *metrics]), float(max([base, *params, 1.0])))
+
+
 def history(study: optuna.Study) -> History:
     """Best metric so far and hypervolume so far, trial by trial (COMPLETE trials).
 
@@ -262,8 +473,7 @@ def history(study: optuna.Study) -> History:
     trials = _complete(study)
     metrics = [t.values[0] for t in trials]
     params = [max(t.values[1], 1.0) for t in trials]
-    base = study.user_attrs.get("base_params") or 0
-    reference = (min([0.0, *metrics]), float(max([base, *params, 1.0])))
+    reference = _reference(study)
     ref = (reference[0], math.log10(reference[1]))
     best: list[float] = []
     volume: list[float] = []
@@ -272,6 +482,154 @@ def history(study: optuna.Study) -> History:
         seen = [(metrics[j], math.log10(params[j])) for j in range(i + 1)]
         volume.append(hypervolume_2d(seen, ref))
     return History([t.number for t in trials], metrics, best, volume, reference)
+
+
+def hypervolume_by_steps(study: optuna.Study) -> StepsHistory:
+    """Hypervolume of the front against the training steps spent to find it.
+
+    The finished trials (COMPLETE and PRUNED) in completion order (``datetime_complete``, then
+    trial number; a trial without a completion time last): after each, the cumulative
+    ``train_steps`` user attribute (a stopped trial counts the steps it ran, a repeat 0, a
+    trial that did not record its steps 0) and the hypervolume of the COMPLETE non-repeat
+    trials so far, with :func:`history`'s reference point and units (metric x decades).
+    Failed trials are left out. Plain Python: works on any study, e.g. one loaded from storage.
+    """
+    from optuna.trial import TrialState
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+    def order(t: optuna.trial.FrozenTrial) -> tuple[bool, datetime, int]:
+        done = t.datetime_complete
+        return (done is None, done or datetime.min, t.number)
+
+    reference = _reference(study)
+    ref = (reference[0], math.log10(reference[1]))
+    seen: list[tuple[float, float]] = []
+    steps: list[int] = []
+    volume: list[float] = []
+    total = 0
+    for t in sorted(finished, key=order):
+        total += max(0, _int(t.user_attrs.get("train_steps")) or 0)
+        if t.state == TrialState.COMPLETE and not _is_repeat(t):
+            seen.append((t.values[0], math.log10(max(t.values[1], 1.0))))
+            volume.append(hypervolume_2d(seen, ref))
+        else:
+            volume.append(volume[-1] if volume else 0.0)
+        steps.append(total)
+    return StepsHistory(steps, volume, reference)
+
+
+def compute_saved(study: optuna.Study) -> ComputeSaved:
+    """Training steps run by the finished non-repeat trials against the steps they planned.
+
+    Counts COMPLETE and PRUNED trials that recorded ``train_steps``; a trial's planned steps
+    are its ``planned_steps``, else its ``pruned_at`` ``of``, else its ``train_steps``.
+    """
+    run = planned = n = 0
+    for t in sorted([*_trained(study), *_stopped(study)], key=lambda t: t.number):
+        done = _int(t.user_attrs.get("train_steps"))
+        if done is None:
+            continue
+        at = t.user_attrs.get("pruned_at")
+        of = _int(at.get("of")) if isinstance(at, dict) else None
+        plan = _int(t.user_attrs.get("planned_steps")) or of or done
+        n, run, planned = n + 1, run + done, planned + max(plan, done)
+    return ComputeSaved(n, run, planned, run / planned if planned else None, planned - run)
+
+
+def pruning_info(study: optuna.Study) -> PruningInfo:
+    """The trials successive halving stopped, each rung's scores and the compute it saved."""
+    from optuna.trial import TrialState
+
+    stopped = []
+    for t in _stopped(study):
+        config = _config(study, t)
+        rungs = _rung_scores(t)
+        at = t.user_attrs.get("pruned_at")
+        at = at if isinstance(at, dict) else {}
+        rung = _int(at.get("rung"))
+        here = next((r for r in rungs if r.stopped), None)
+        if here is None:
+            here = next((r for r in rungs if r.rung == rung), rungs[-1] if rungs else None)
+        metric = at.get("metric")
+        if not isinstance(metric, int | float):
+            metric = here.metric if here else None
+        template = config.get("template")
+        stopped.append(
+            StoppedTrial(
+                trial=t.number,
+                template=None if template is None else str(template),
+                prompt_length=config.get("prompt_length"),
+                lora_r=config.get("lora_r"),
+                learning_rate=config.get("learning_rate"),
+                params=_int(t.user_attrs.get("trainable_params")),
+                rung=rung if rung is not None else (here.rung if here else None),
+                step=_int(at.get("step")) or _int(t.user_attrs.get("train_steps")),
+                of=_int(at.get("of")) or _int(t.user_attrs.get("planned_steps")),
+                metric=None if metric is None else float(metric),
+                peers=here.peers if here else None,
+                rungs=rungs,
+                coverage=bool(t.user_attrs.get("coverage")),
+                config=config,
+            )
+        )
+    by_rung: dict[int, list[RungScore]] = {}
+    with_rungs = 0
+    for t in [*_trained(study), *_stopped(study)]:
+        scores = _rung_scores(t)
+        with_rungs += bool(scores)
+        for r in scores:
+            by_rung.setdefault(r.rung, []).append(r)
+    summaries = [
+        RungSummary(
+            rung=rung,
+            reached=len(rs),
+            stopped=sum(r.stopped for r in rs),
+            steps=(min(r.step for r in rs), max(r.step for r in rs)),
+            metrics=sorted(r.metric for r in rs),
+            median=statistics.median(r.metric for r in rs),
+            protected=sum(r.protected for r in rs),
+        )
+        for rung, rs in sorted(by_rung.items())
+    ]
+    repeats = sum(
+        1 for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if _is_repeat(t)
+    )
+    return PruningInfo(stopped, summaries, with_rungs, repeats, compute_saved(study))
+
+
+def step_curves(study: optuna.Study) -> list[StepCurve]:
+    """Metric against training steps for every non-repeat trial with rung records, by number:
+    through its rungs' (step, metric), then, for a COMPLETE trial, its (``train_steps``, final
+    metric) when it recorded its steps; a stopped trial ends at its last rung."""
+    front = {t.number for t in front_trials(study)}
+    curves = []
+    for t in sorted([*_trained(study), *_stopped(study)], key=lambda t: t.number):
+        rungs = _rung_scores(t)
+        if not rungs:
+            continue
+        steps = [r.step for r in rungs]
+        metrics = [r.metric for r in rungs]
+        done = t.values is not None
+        end = _int(t.user_attrs.get("train_steps"))
+        if done and end is not None:
+            steps.append(end)
+            metrics.append(t.values[0])
+        params = int(t.values[1]) if done else _int(t.user_attrs.get("trainable_params"))
+        config = _config(study, t)
+        curves.append(
+            StepCurve(
+                trial=t.number,
+                template=str(config.get("template")),
+                steps=steps,
+                metrics=metrics,
+                stopped=not done,
+                pareto=t.number in front,
+                params=params,
+                config=config,
+            )
+        )
+    return curves
 
 
 def loss_curves(study: optuna.Study) -> list[LossCurve]:
@@ -404,4 +762,7 @@ def compute_report(study: optuna.Study) -> ReportData:
         curves=loss_curves(study),
         table=pareto_rows(study),
         zero_shot=zero_shot_rows(study),
+        pruning=pruning_info(study),
+        step_curves=step_curves(study),
+        steps_history=hypervolume_by_steps(study),
     )

@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftsearch.reports.figures import (
+    FEW_PER_TEMPLATE,
+    ComputeSaved,
     History,
     Importances,
     LossCurve,
     ParetoInfo,
     ParetoPoint,
+    PruningInfo,
     ReportData,
+    RungScore,
+    RungSummary,
+    StepCurve,
+    StepsHistory,
+    StoppedTrial,
     Summary,
     TemplateMetrics,
     compute_report,
@@ -44,6 +52,7 @@ PALETTE = [
     "#7f7f7f",
 ]
 FRONT, FADED, KNEE = "#d62728", "rgba(120,120,120,0.35)", "#111111"
+STOPPED = "rgba(120,120,120,0.6)"  # trials stopped early: grey, dashed
 HEIGHT = 440
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -63,6 +72,7 @@ th, td { border: 1px solid #e2e2e2; padding: 5px 8px; text-align: left; vertical
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.knee td { background: #fff3c4; }
+td.thin { color: #8a5a00; }
 code { background: #f2f2f2; padding: 1px 4px; border-radius: 3px; word-break: break-all; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; }
 dl.facts dt { color: #666; }
@@ -105,12 +115,18 @@ def _hover(p: ParetoPoint, metric: str) -> str:
         f"trainable params: {p.params:,}{pct}",
         f"template: {pesc(p.template)}",
     ]
-    if "template_text" in p.config:
-        lines.append(f"text: {pesc(_short(str(p.config['template_text'])))}")
-    for key, value in p.config.items():
+    return "<br>".join(lines + _config_lines(p.config))
+
+
+def _config_lines(config: dict[str, Any]) -> list[str]:
+    """A trial's template text and parameters (not its template name), escaped for plotly."""
+    lines = []
+    if "template_text" in config:
+        lines.append(f"text: {pesc(_short(str(config['template_text'])))}")
+    for key, value in config.items():
         if key not in ("template", "template_text"):
             lines.append(f"{pesc(key)}: {pesc(_num(value))}")
-    return "<br>".join(lines)
+    return lines
 
 
 def _figure_html(fig: Any, div_id: str) -> str:
@@ -257,6 +273,8 @@ def _distribution_figure(groups: list[TemplateMetrics], metric: str) -> str:
 
     fig = go.Figure()
     for i, g in enumerate(groups):
+        if not g.metrics:  # only stopped trials: nothing to draw (the table below says so)
+            continue
         fig.add_trace(
             go.Box(
                 y=g.metrics,
@@ -275,8 +293,28 @@ def _distribution_figure(groups: list[TemplateMetrics], metric: str) -> str:
                 showlegend=False,
             )
         )
-    _layout(fig, yaxis={"title": {"text": pesc(metric)}}, xaxis={"title": {"text": "template"}})
+    thin = [pesc(g.template) for g in groups if g.note]
+    title = f"too few / too short to judge: {', '.join(thin)}" if thin else ""
+    _layout(
+        fig,
+        title={"text": title, "font": {"size": 13, "color": "#8a5a00"}},
+        yaxis={"title": {"text": pesc(metric)}},
+        xaxis={"title": {"text": "template"}},
+    )
     return _figure_html(fig, "fig-distribution")
+
+
+def _evidence_table(groups: list[TemplateMetrics]) -> str:
+    """Per template: completed and stopped trials, and whether that is enough to judge it."""
+    head = "<tr><th>template</th><th>completed</th><th>stopped early</th><th>evidence</th></tr>"
+    body = "".join(
+        f'<tr><td>{esc(g.template)}</td><td class="num">{len(g.trials)}</td>'
+        f'<td class="num">{len(g.stopped)}</td>'
+        + (f'<td class="thin">{esc(g.note)}</td>' if g.note else "<td>enough to compare</td>")
+        + "</tr>"
+        for g in groups
+    )
+    return f'<table id="template-evidence">{head}{body}</table>'
 
 
 def _importance_block(imp: Importances, index: int) -> str:
@@ -362,6 +400,202 @@ def _history_figure(h: History, metric: str) -> str:
     fig.update_yaxes(title_text=pesc(metric), row=1, col=1)
     fig.update_yaxes(title_text=f"{pesc(metric)} × decades", row=2, col=1)
     return _figure_html(fig, "fig-history")
+
+
+def _steps_history_figure(h: StepsHistory, metric: str) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Scatter(
+            x=h.steps,
+            y=h.hypervolume,
+            mode="lines+markers",
+            line_shape="hv",
+            name="hypervolume",
+            line={"color": PALETTE[2], "width": 2},
+            hovertemplate="after %{x:,} training steps: %{y:.4f}<extra></extra>",
+        )
+    )
+    _layout(
+        fig,
+        height=320,
+        showlegend=False,
+        title={"text": "hypervolume against training steps spent", "font": {"size": 14}},
+        xaxis={"title": {"text": "cumulative training steps (every finished trial)"}},
+        yaxis={"title": {"text": f"{pesc(metric)} × decades"}},
+    )
+    return _figure_html(fig, "fig-hv-steps")
+
+
+def _step_hover(c: StepCurve, step: int, value: float, metric: str, last: bool) -> str:
+    state = " (stopped here)" if c.stopped and last else " (final)" if last else " (rung)"
+    params = "" if c.params is None else f"<br>trainable params: {c.params:,}"
+    head = (
+        f"<b>trial {c.trial}</b>{state}<br>step {step:,}: {pesc(metric)} {value:.4f}"
+        f"{params}<br>template: {pesc(c.template)}"
+    )
+    return "<br>".join([head, *_config_lines(c.config)])
+
+
+def _steps_figure(curves: list[StepCurve], metric: str) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown: set[str] = set()
+    # Stopped (faded, dashed) first, so the completed trials are drawn on top.
+    for c in sorted(curves, key=lambda c: (not c.stopped, c.pareto, c.trial)):
+        kind = "stopped" if c.stopped else "Pareto-optimal" if c.pareto else "completed"
+        color = STOPPED if c.stopped else FRONT if c.pareto else PALETTE[0]
+        n = len(c.steps)
+        fig.add_trace(
+            go.Scatter(
+                x=c.steps,
+                y=c.metrics,
+                mode="lines+markers",
+                name=kind,
+                legendgroup=kind,
+                showlegend=kind not in shown,
+                meta=kind,
+                customdata=[c.trial] * n,
+                hovertext=[
+                    _step_hover(c, x, y, metric, i == n - 1)
+                    for i, (x, y) in enumerate(zip(c.steps, c.metrics, strict=True))
+                ],
+                hoverinfo="text",
+                line={"color": color, "width": 1.5, "dash": "dash" if c.stopped else "solid"},
+                marker={"color": color, "size": 6, "symbol": "x" if c.stopped else "circle"},
+            )
+        )
+        shown.add(kind)
+    _layout(
+        fig,
+        xaxis={"title": {"text": "training step"}},
+        yaxis={"title": {"text": pesc(metric)}},
+    )
+    return _figure_html(fig, "fig-steps")
+
+
+def _rung_cell(scores: list[RungScore]) -> str:
+    return "<br>".join(
+        f"rung {r.rung} @ step {r.step:,}: {r.metric:.4f}"
+        + ("" if r.peers is None else f" (vs {r.peers})")
+        + (" – stopped" if r.stopped else "")
+        + (" – ranked low, kept (coverage trial)" if r.protected else "")
+        for r in scores
+    )
+
+
+def _peers(n: int | None) -> str:
+    return "–" if n is None else f"{n} trial{'' if n == 1 else 's'}"
+
+
+def _stopped_table(stopped: list[StoppedTrial], metric: str) -> str:
+    head = (
+        "<tr><th>trial</th><th>template</th><th>prompt_length</th><th>lora_r</th>"
+        "<th>learning_rate</th><th>trainable params</th><th>stopped at rung</th>"
+        f"<th>step</th><th>{esc(metric)} there</th><th>ranked against</th>"
+        "<th>scores at each rung</th></tr>"
+    )
+
+    def step(t: StoppedTrial) -> str:
+        if t.step is None:
+            return "–"
+        return f"{t.step:,}" + ("" if t.of is None else f" of {t.of:,}")
+
+    body = "".join(
+        f'<tr><td class="num">{t.trial}{" (coverage)" if t.coverage else ""}</td>'
+        f"<td>{esc(_num(t.template))}</td>"
+        f'<td class="num">{esc(_num(t.prompt_length))}</td>'
+        f'<td class="num">{esc(_num(t.lora_r))}</td>'
+        f'<td class="num">{esc(_num(t.learning_rate))}</td>'
+        f'<td class="num">{_num(t.params)}</td>'
+        f'<td class="num">{_num(t.rung)}</td>'
+        f'<td class="num">{step(t)}</td>'
+        f'<td class="num">{"–" if t.metric is None else f"{t.metric:.4f}"}</td>'
+        f'<td class="num">{_peers(t.peers)}</td>'
+        f"<td>{_rung_cell(t.rungs)}</td></tr>"
+        for t in stopped
+    )
+    return f'<table id="stopped-table">{head}{body}</table>'
+
+
+def _rung_table(p: PruningInfo, metric: str) -> str:
+    head = (
+        "<tr><th>rung</th><th>at step</th><th>trials scored</th><th>stopped there</th>"
+        f"<th>went on</th><th>{esc(metric)}: lowest</th><th>median</th><th>highest</th></tr>"
+    )
+
+    def row(r: RungSummary) -> str:
+        low, high = r.steps
+        steps = f"{low:,}" if low == high else f"{low:,}–{high:,}"
+        kept = f" ({r.protected} kept as coverage)" if r.protected else ""
+        cells = [
+            str(r.rung),
+            steps,
+            str(r.reached),
+            str(r.stopped),
+            f"{r.reached - r.stopped}{kept}",
+            f"{r.metrics[0]:.4f}",
+            f"{r.median:.4f}",
+            f"{r.metrics[-1]:.4f}",
+        ]
+        return "<tr>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>"
+
+    return f'<table id="rung-table">{head}{"".join(row(r) for r in p.rungs)}</table>'
+
+
+def _steps_saved(c: ComputeSaved) -> str:
+    """The summary line on training steps: run, planned, what stopping trials early saved."""
+    if not c.trials or c.ratio is None:
+        return ""
+    line = (
+        f"{c.steps_run:,} run of {c.steps_planned:,} planned ({c.ratio:.0%}) over {c.trials} trials"
+    )
+    if c.saved > 0:
+        line += f"; stopping trials early saved {c.saved:,} steps ({1 - c.ratio:.0%})"
+    return line
+
+
+def _pruning_section(p: PruningInfo, curves: list[StepCurve], metric: str) -> str:
+    n = len(p.stopped)
+    if n:
+        lead = (
+            f"{n} trial{' was' if n == 1 else 's were'} stopped early by successive halving; "
+            f"{'it is' if n == 1 else 'they are'} not on the front (a stopped trial has no "
+            "final score)."
+        )
+        if p.repeats:
+            lead += (
+                f" {p.repeats} more repeated a stopped configuration and "
+                f"{'was' if p.repeats == 1 else 'were'} not trained."
+            )
+    elif p.with_rungs:
+        lead = f"Successive halving scored {p.with_rungs} trials at its rungs and stopped none."
+    else:
+        lead = "Pruning was off for this study or stopped nothing: no trial was stopped early."
+    saved = _steps_saved(p.compute)
+    body = f'<p class="note" id="pruning-note">{lead}</p>'
+    if saved:
+        body += f"<p>Training steps: {saved}.</p>"
+    if curves:
+        body += _box(_steps_figure(curves, metric))
+    if p.stopped:
+        body += "<h3>Stopped trials</h3>" + _stopped_table(p.stopped, metric)
+    if p.rungs:
+        body += "<h3>Rungs</h3>" + _rung_table(p, metric)
+    return _section(
+        "Stopped early (successive halving)",
+        body,
+        f"Each trial is scored on its eval rows at rungs (fractions of its own training steps) "
+        f"and ranked against the trials that reached the same rung ({esc(metric)} up, "
+        "trainable parameters down); the low-ranked ones stop there. The figure draws each "
+        f"trial's {esc(metric)} against its training steps: completed trials run on to their "
+        "final score, stopped ones (grey, dashed) end at the rung that stopped them. Hover a "
+        "line for its configuration."
+        if curves
+        else "",
+        "pruned",
+    )
 
 
 def _curves_figure(curves: list[LossCurve]) -> str:
@@ -473,7 +707,7 @@ def _json(value: Any) -> str:
     return esc(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def _facts(s: Summary) -> str:
+def _facts(s: Summary, compute: ComputeSaved | None = None) -> str:
     c = s.counts
     counts = (
         f"{c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, "
@@ -505,6 +739,7 @@ def _facts(s: Summary) -> str:
         ("sampler", sampler),
         ("search space", space),
         ("total compute", f"{s.compute_seconds:,.1f} s (sum of trial times)"),
+        ("training steps", _steps_saved(compute) if compute else ""),
         ("devices", ", ".join(esc(d) for d in s.devices)),
         ("versions", versions),
     ]
@@ -528,9 +763,21 @@ def render(data: ReportData) -> str:
     from plotly.offline import get_plotlyjs
 
     s, metric = data.summary, data.summary.metric
+    stopped = len(data.pruning.stopped)
     parts = [
-        _section("Summary", _facts(s)),
+        _section("Summary", _facts(s, data.pruning.compute)),
     ]
+    pruning = _pruning_section(data.pruning, data.step_curves, metric)
+    steps = data.steps_history
+    if steps.steps and steps.steps[-1] > 0:
+        by_steps = _box(_steps_history_figure(steps, metric))
+        by_steps_how = (
+            " Below: the same hypervolume against the training steps spent so far (every "
+            "finished trial in the order it finished; stopped trials count the steps they "
+            "ran, repeats none): the cost of the front in compute, not in trials."
+        )
+    else:
+        by_steps, by_steps_how = "", ""
     if data.pareto.points:
         names = [g.template for g in data.templates]
         parts += [
@@ -559,10 +806,14 @@ def render(data: ReportData) -> str:
             ),
             _section(
                 f"{esc(metric)} per template",
-                _box(_distribution_figure(data.templates, metric)),
-                "The spread of the metric over all trials of each template (box: quartiles and "
-                "median; every trial is a dot). A template whose box sits higher tends to work "
-                "better whatever the other settings.",
+                _box(_distribution_figure(data.templates, metric))
+                + _evidence_table(data.templates),
+                "The spread of the metric over the completed trials of each template (box: "
+                "quartiles and median; every trial is a dot; repeated configurations counted "
+                "once). A template whose box sits higher tends to work better whatever the other "
+                f"settings. With fewer than {FEW_PER_TEMPLATE} completed trials, or more trials "
+                "stopped early than completed, a template is too few / too short to judge: the "
+                "table says which.",
             ),
             *(
                 [
@@ -585,19 +836,28 @@ def render(data: ReportData) -> str:
                 + "".join(_importance_block(imp, i) for i, imp in enumerate(data.importances))
                 + "</div>",
                 "How much each searched parameter decides reaching the best values of each "
-                "objective (Optuna's PED-ANOVA on the completed trials; a longer bar matters "
-                "more). With few trials these are noisy.",
+                "objective (Optuna's PED-ANOVA on the COMPLETE trials only, repeated "
+                "configurations counted once; a longer bar matters more). With few trials these "
+                "are noisy."
+                + (
+                    f" The {stopped} trial{' was' if stopped == 1 else 's were'} stopped early "
+                    "by successive halving and are not used: a parameter region that was "
+                    "stopped often is under-represented here."
+                    if stopped
+                    else ""
+                ),
             ),
             _section(
                 "Optimization history",
-                _box(_history_figure(data.history, metric)),
+                _box(_history_figure(data.history, metric)) + by_steps,
                 f"Top: each trial's {esc(metric)} and the best so far. Bottom: the hypervolume of "
                 f"the front so far, the area the front dominates in ({esc(metric)}, log10 "
                 f"params) up to the reference point ({esc(metric)} "
                 f"{data.history.reference[0]:g}, {data.history.reference[1]:,.0f} params, the "
                 "base model's size); it grows whenever a trial improves the front. A flat tail "
-                "means recent trials found nothing new.",
+                "means recent trials found nothing new." + by_steps_how,
             ),
+            pruning,
         ]
         if data.curves:
             parts.append(
@@ -615,6 +875,7 @@ def render(data: ReportData) -> str:
                 "Pareto front", '<p class="note">No trial has completed yet.</p>', "", "pareto"
             )
         )
+        parts.append(pruning)
     parts.append(
         _section(
             "Failures",
@@ -632,7 +893,11 @@ def render(data: ReportData) -> str:
         "</head><body><main>"
         f"<h1>{title}</h1>"
         f'<p class="lead">{esc(metric)} (maximized) against trainable parameters (minimized); '
-        f"{s.counts['complete']} completed trials.</p>" + "".join(parts) + "</main></body></html>\n"
+        f"{s.counts['complete']} completed trials"
+        + (f"; {stopped} stopped early by successive halving (not on the front)" if stopped else "")
+        + ".</p>"
+        + "".join(parts)
+        + "</main></body></html>\n"
     )
 
 

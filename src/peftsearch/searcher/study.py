@@ -303,12 +303,25 @@ def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None
 
 
 def _summary(params: dict[str, Any]) -> str:
-    lr = params.get("learning_rate")
-    lr_txt = f"{lr:.2e}" if isinstance(lr, int | float) else str(lr)
+    def rate(name: str) -> str:
+        value = params.get(name)
+        if value is None and name != "learning_rate":
+            value = params.get("learning_rate")  # unset: the part follows learning_rate
+        return f"{value:.2e}" if isinstance(value, int | float) else str(value)
+
+    lrs = []
+    if params.get("lora_r"):
+        lrs.append(f"lora {rate('learning_rate')}")
+    if params.get("prompt_length"):
+        lrs.append(f"prompt {rate('prompt_learning_rate')}")
+    if params.get("head_learning_rate") is not None or not lrs:
+        lrs.append(f"head {rate('head_learning_rate')}")
+    if all(params.get(n) is None for n in ("head_learning_rate", "prompt_learning_rate")):
+        lrs = [rate("learning_rate")]  # one rate for every part (spaces before issue 11)
     verbalizer = f" x {params['verbalizer']}" if params.get("verbalizer") else ""
     return (
         f"{params.get('template')}{verbalizer} | prompt {params.get('prompt_length')} | "
-        f"r {params.get('lora_r')} | lr {lr_txt}"
+        f"r {params.get('lora_r')} | lr {', '.join(lrs)}"
     )
 
 
@@ -620,8 +633,13 @@ def _loop(
     pruner = make_pruner(space, runner)
 
     def on_rung(number: int, rung: int, step: int, metric: float, loss: float, n: int) -> bool:
+        trial = flights[number].trial
+        # A coverage trial is the study's evidence for its size class: it is ranked (a peer
+        # of later trials) but always goes on.
+        protect = bool(study._storage.get_trial(trial._trial_id).user_attrs.get("coverage"))
         with _DeferSigint():  # the rung record is written whole
-            return bool(pruner.decide(study, flights[number].trial, rung, step, metric, loss, n))
+            stop = bool(pruner.decide(study, trial, rung, step, metric, loss, n, protect=protect))
+        return stop
 
     pack = make_pack(space, runner, display, on_rung if pruner is not None else None)
     retry_at = 0.0  # the pack has room but the budget had none: look again then (or sooner)

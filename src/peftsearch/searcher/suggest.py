@@ -65,10 +65,11 @@ def _center(spec: FloatDist) -> float:
 def coverage_configs(space: Space) -> list[dict[str, Any]]:
     """The first trials of a new study: one per size class of the space, so that the front
     spans the parameter axis from the start (without them a TPE study of 20 trials tried
-    nothing under 19k parameters: issue 11): the head alone (``lora_r`` 0, ``prompt_length``
-    0), a soft prompt alone (its middle length), the smallest and the largest LoRA rank.
+    nothing under 19k parameters: issue 11): the smallest and the largest LoRA rank (and
+    middle ranks until each template has a LoRA trial), the head alone (``lora_r`` 0,
+    ``prompt_length`` 0), a soft prompt alone (its middle length).
     Only the classes the space can express, each once; learning rates at the middle of their
-    (log) ranges; every other searched parameter is left to the sampler."""
+    (log) ranges, templates in turn; every other searched parameter is left to the sampler."""
     searched = space.search_params()
     ranks, lengths = _values(searched.get("lora_r")), _values(searched.get("prompt_length"))
     if ranks is None and lengths is None:
@@ -80,23 +81,31 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
     r_min, k_min = min(r_choices), min(k_choices)
     nonzero_r = [r for r in r_choices if r > 0]
     nonzero_k = [k for k in k_choices if k > 0]
-    wanted: list[tuple[Any, Any]] = [(r_min, k_min)]  # the smallest: the head alone when 0/0
+    template = searched.get("template")
+    templates = list(template.choices) if isinstance(template, CategoricalDist) else []
+    # LoRA: the smallest and the largest rank, and more ranks (from the middle out) until
+    # every template has a LoRA trial: the adapters that learn most get every template early
+    # (a demo study whose sampler never tried one template could say nothing about it).
+    loras = [nonzero_r[0], nonzero_r[-1]] if nonzero_r else []
+    middle = sorted(nonzero_r[1:-1], key=lambda r: abs(r - nonzero_r[len(nonzero_r) // 2]))
+    loras = list(dict.fromkeys(loras + middle[: max(0, len(templates) - 2)]))
+    wanted: list[tuple[int, int]] = [(r, k_min) for r in loras]
+    wanted.append((r_min, k_min))  # the smallest: the head alone when 0/0
     if nonzero_k and r_min == 0:
         wanted.append((0, nonzero_k[len(nonzero_k) // 2]))
-    if nonzero_r:
-        wanted += [(nonzero_r[0], k_min), (nonzero_r[-1], k_min)]
     rates = {
         name: _center(spec)
         for name, spec in searched.items()
         if name.endswith("learning_rate") and isinstance(spec, FloatDist)
     }
     out: list[dict[str, Any]] = []
-    for r, k in wanted:
+    for r, k in dict.fromkeys(wanted):
         config: dict[str, Any] = dict(rates)
         if ranks is not None:
             config["lora_r"] = r
         if lengths is not None:
             config["prompt_length"] = k
-        if config not in out:
-            out.append(config)
+        if len(templates) > 1:  # in turn
+            config["template"] = templates[len(out) % len(templates)]
+        out.append(config)
     return out

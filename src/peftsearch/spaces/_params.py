@@ -265,9 +265,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "classifier": {
         "prompt_length": _cat(0, 4, 16),
         "lora_r": _cat(0, 1, 4, 16),
-        "learning_rate": _log(3e-4, 1e-2),
-        "head_learning_rate": _log(3e-3, 1e-1),
-        "prompt_learning_rate": _log(3e-3, 3e-1),
+        "learning_rate": _log(5e-4, 5e-3),
+        "head_learning_rate": _log(1e-2, 3e-1),
+        "prompt_learning_rate": _log(1e-2, 3e-1),
         "epochs": 2,
         "batch_size": 16,
         "warmup_ratio": 0.06,

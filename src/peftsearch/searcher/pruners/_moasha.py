@@ -60,8 +60,10 @@ class MOASHA:
         eval_loss: float,
         trainable: int,
         fraction: float | None = None,
+        protect: bool = False,
     ) -> bool:
-        """Record the trial's rung score on it and return True when it should stop."""
+        """Record the trial's rung score on it and return True when it should stop
+        (never when ``protect``: it is ranked and recorded, and goes on)."""
         from peftsearch.searcher.storage import set_user_attrs
 
         entry = {
@@ -95,6 +97,9 @@ class MOASHA:
                 min_trials=self.min_trials,
             )
         )
+        if protect and stop:
+            entry["protected"] = True
+            stop = False
         entry.update({"peers": len(metrics) - 1, "stopped": stop})
         set_user_attrs(study, trial, {RUNGS_ATTR: mine})
         return stop
