@@ -293,3 +293,24 @@ def test_a_protected_trial_is_ranked_but_goes_on() -> None:
     assert entry["protected"] is True and entry["stopped"] is False
     other = study.ask()
     assert pruner.decide(study, other, 0, 5, 0.5, 0.7, 1000) is True  # the same, unprotected
+
+
+def test_coverage_trials_are_ranked_but_never_stopped_in_a_study(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path, one_thread
+) -> None:
+    harsh = {"type": "moasha", "min_fraction": 0.25, "reduction": 100, "min_trials": 1}
+    path = write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        study={"n_trials": 8, "seed": 0, "pruner": harsh, "coverage": True},
+    )
+    space = load_space(path)
+    run_study(space, show_progress=False)
+    trials = open_study(space, create=False).trials
+    cover = [t for t in trials if t.user_attrs.get("coverage")]
+    assert len(cover) == 4 and all(t.state == TrialState.COMPLETE for t in cover)
+    # Only the top trial of each rung would go on: coverage trials were kept anyway...
+    assert any(e.get("protected") for t in cover for e in t.user_attrs[RUNGS_ATTR])
+    # ...and the sampler's trials were judged as usual.
+    assert any(t.state == TrialState.PRUNED for t in trials if not t.user_attrs.get("coverage"))

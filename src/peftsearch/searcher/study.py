@@ -359,6 +359,15 @@ def finished_line(trial: Any, metric: str) -> str:
     return f"trial {trial.number}: {trial.state.name.lower()}"
 
 
+def retry_attrs(trial: Any) -> dict[str, Any]:
+    """The user attributes of a trial's retry: which trial it repeats, and its coverage mark
+    (a coverage trial's retry is still one)."""
+    out: dict[str, Any] = {"retry_of": trial.number}
+    if trial.user_attrs.get("coverage"):
+        out["coverage"] = True
+    return out
+
+
 def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
     """Enqueue again each interrupted trial that has no retry yet (under the admission lock,
     so two workers starting together do not both enqueue it)."""
@@ -367,7 +376,7 @@ def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs=retry_attrs(t))
 
 
 class _DeferSigint:
@@ -732,7 +741,8 @@ def _loop(
                 )
                 with admission():  # with the lock: a starting worker may requeue it too
                     study.tell(trial, state=TrialState.FAIL)
-                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                    frozen_now = study._storage.get_trial(trial._trial_id)
+                    study.enqueue_trial(trial.params, user_attrs=retry_attrs(frozen_now))
                 display.note(f"trial {number} interrupted; it will run again on resume")
         outcome.interrupted = True
     finally:
