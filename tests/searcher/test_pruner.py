@@ -314,3 +314,22 @@ def test_coverage_trials_are_ranked_but_never_stopped_in_a_study(
     assert any(e.get("protected") for t in cover for e in t.user_attrs[RUNGS_ATTR])
     # ...and the sampler's trials were judged as usual.
     assert any(t.state == TrialState.PRUNED for t in trials if not t.user_attrs.get("coverage"))
+
+
+def test_studies_of_consecutive_seeds_do_not_share_suggestions(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path
+) -> None:
+    """The sampler seed is the study seed spread apart plus the trials so far: study 1's
+    first random draw is not study 0's second (which a plain seed + n gave)."""
+    from peftsearch.searcher.samplers import make_sampler
+
+    path = write_space_file(tmp_path, tiny_model, sentiment_csv, study={"sampler": "random"})
+
+    def draws(seed: int, n_existing: int) -> list[float]:
+        space = load_space(path, {"study.seed": seed})
+        study = _study()
+        study.sampler = make_sampler(space, n_existing)
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert draws(1, 0) != draws(0, 1)
+    assert draws(0, 1) == draws(0, 1)  # still deterministic

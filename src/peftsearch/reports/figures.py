@@ -415,6 +415,8 @@ def importances(study: optuna.Study) -> list[Importances]:
         left_out.append(
             f"{repeats} repeated configuration{'' if repeats == 1 else 's'} counted once"
         )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
     try:
         own = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(), directions=study.directions
@@ -422,6 +424,8 @@ def importances(study: optuna.Study) -> list[Importances]:
         own.add_trials(trials)
     except Exception:  # a report must never fail on a statistic (repeats then count twice)
         own = study
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     metric = study.user_attrs.get("metric", "metric")
     return [
         _importance_for(own, trials, 0, f"{metric} (maximized)", "; ".join(left_out)),

@@ -70,6 +70,8 @@ def _choice(value: Any) -> Any:
     return ",".join(value) if isinstance(value, list) else value
 
 
+SEED_STRIDE = 1_000_003  # a prime: distinct study seeds never share a sampler seed below it
+
 SAMPLERS: dict[str, Callable[[Space, int, dict[str, Any]], Any]] = {
     "tpe": _tpe,
     "nsga2": _nsga2,
@@ -83,6 +85,10 @@ def make_sampler(space: Space, n_existing: int = 0) -> Any:
 
     The seed is offset by the number of trials already in the study: a resumed study with the
     same seed would otherwise replay the first run's random start-up suggestions as duplicates.
+    Study seeds are spread apart first (``seed * SEED_STRIDE``): with a plain ``seed + n``, the
+    study of seed 1 drew at its trial 0 what the study of seed 0 drew at its trial 1, and so
+    on, so studies of consecutive seeds were the same suggestions shifted by one (seen in the
+    search-quality benchmark). Seed 0 keeps its old sequence.
 
     Raises:
         SpaceError: unknown sampler name or bad ``sampler_kwargs``.
@@ -93,8 +99,7 @@ def make_sampler(space: Space, n_existing: int = 0) -> Any:
             str(space.file), "study.sampler", f"unknown sampler; valid: {', '.join(SAMPLERS)}", name
         )
     try:
-        return SAMPLERS[name](
-            space, space.study.seed + n_existing, dict(space.study.sampler_kwargs)
-        )
+        seed = (space.study.seed * SEED_STRIDE + n_existing) % 2**32
+        return SAMPLERS[name](space, seed, dict(space.study.sampler_kwargs))
     except TypeError as exc:
         raise SpaceError(str(space.file), "study.sampler_kwargs", str(exc)) from None
