@@ -656,16 +656,17 @@ def test_example_loads_and_search_params_fill_defaults() -> None:
     assert space.data.labels == ["rotten", "fresh"]
     params = space.search_params()
     assert list(params) == list(RULES)
-    # Given by the file:
+    assert space.params is None  # no `params:` section: the default space of a classifier
     assert params["template"] == CategoricalDist(
         type="categorical", choices=["plain", "review", "verdict"]
     )
-    assert params["learning_rate"] == FloatDist(type="float", low=1e-5, high=5e-3, log=True)
-    assert params["lora_r"].choices == [0, 1, 2, 4, 8, 16, 32]
-    assert (params["lora_alpha"], params["epochs"], params["batch_size"]) == (16, 1, 16)
-    # Not in the file: the rule defaults.
-    for name in ("lora_dropout", "target_modules", "max_steps", "weight_decay", "warmup_ratio"):
-        assert name not in space.params
+    for name, spec in DEFAULT_PARAMS["classifier"].items():
+        assert params[name] == spec
+    assert params["lora_r"].choices == [0, 1, 4, 16]
+    assert space.study.pruner.type == "moasha" and space.study.pruner.rungs() == [0.5]
+    assert space.study.coverage is True
+    # Neither in the file nor in the default space: the rule defaults.
+    for name in ("lora_dropout", "target_modules", "max_steps", "weight_decay", "lora_alpha"):
         assert params[name] == RULES[name].default
 
 
