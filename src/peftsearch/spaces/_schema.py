@@ -115,7 +115,10 @@ class PrunerSpec(_Section):
     min_fraction: float = Field(
         0.5, gt=0, lt=1, description="the first rung, as a fraction of a trial's steps"
     )
-    reduction: float = Field(3.0, gt=1, description="keep the top 1/reduction at each rung")
+    # 2, not 3: with 3 the demo stopped LoRA trials at 0.75-0.754 that two-epoch training takes
+    # to 0.77-0.79, and its one prompt-only trial; with 2 both completed (best 0.778 -> 0.792,
+    # prompt-only 0.600 -> 0.662) in 8-9 minutes (benchmarks/RESULTS.md, "Rungs").
+    reduction: float = Field(2.0, gt=1, description="keep the top 1/reduction at each rung")
     min_trials: int | None = Field(
         None, ge=1, description="no trial stops at a rung fewer trials reached (default: reduction)"
     )
