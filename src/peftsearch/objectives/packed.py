@@ -111,7 +111,6 @@ class Slot:
     label_tokens: Any = None  # label_words padded into a LongTensor [classes, words]
     label_weights: Any = None  # [classes, words]: 1 / words of the class, 0 for padding
     rung_steps: list[int] = field(default_factory=list)  # evaluate (and maybe stop) there
-    rungs: list[dict[str, Any]] = field(default_factory=list)  # what each rung scored
 
     @property
     def prompt_length(self) -> int:
@@ -611,22 +610,25 @@ class PackedEngine:
         for s in reached:
             rung = s.rung_steps.index(s.step)
             result = results[s.key]
-            stop = bool(self.on_rung(s.key, rung, s.step, result))
-            s.rungs.append({"rung": rung, "step": s.step, "eval_loss": result.loss})
-            if stop:
+            if self.on_rung(s.key, rung, s.step, result):
                 if s.pending:  # the loss since the last curve point
                     s.curve.append(float(torch.stack(s.pending).float().mean()))
                     s.pending = []
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
+                self._sync()
                 s.train_seconds = time.perf_counter() - s.started
-                self.active.remove(s)
-                stats = TrainStats(s.step, s.train_seconds, s.curve, s.log_every)
-                mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
-                out.append(
-                    Finished(s.key, s.trainable, stats, result, None, mean_pack, True, s.total)
-                )
+                out.append(self._leave(s, result, pruned=True))
         return out
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _leave(self, s: Slot, result: EvalResult, pruned: bool) -> Finished:
+        """Take ``s`` out of the engine as a finished (or stopped) trial."""
+        self.active.remove(s)
+        stats = TrainStats(s.step, s.train_seconds, s.curve, s.log_every)
+        mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
+        return Finished(s.key, s.trainable, stats, result, None, mean_pack, pruned, s.total)
 
     def _optimizer_step(self, active: list[Slot]) -> list[Finished]:
         self.layout.training = True
@@ -669,24 +671,14 @@ class PackedEngine:
 
     def _finish(self, ended: list[Slot]) -> list[Finished]:
         """Evaluate the slots that trained all their steps, together, and let them go."""
-        out: list[Finished] = []
-        if ended:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            for s in ended:
-                s.train_seconds = now - s.started
-            results = self.evaluate(ended)
-            for s in ended:
-                self.active.remove(s)
-                stats = TrainStats(s.total, s.train_seconds, s.curve, s.log_every)
-                mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
-                out.append(
-                    Finished(
-                        s.key, s.trainable, stats, results[s.key], None, mean_pack, False, s.total
-                    )
-                )
-        return out
+        if not ended:
+            return []
+        self._sync()
+        now = time.perf_counter()
+        for s in ended:
+            s.train_seconds = now - s.started
+        results = self.evaluate(ended)
+        return [self._leave(s, results[s.key], pruned=False) for s in ended]
 
     # -- evaluation -----------------------------------------------------------------------------
 

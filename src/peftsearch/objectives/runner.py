@@ -295,14 +295,7 @@ class TrialRunner:
 
         device, seed = self._device, self.space.study.seed
         stats, result = done.stats, done.result
-        eval_data = self.encoded(params["template"])[1]
-        metric = score(
-            self._metric,
-            self.space.objectives.metric,
-            result.predictions,
-            eval_data.labels.tolist(),
-            **self.space.objectives.metric_kwargs,
-        )
+        metric = self.score_result(params, result)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         trainable = done.trainable
         return TrialResult(
