@@ -3,31 +3,40 @@
 Small PEFT trials leave a GPU idle: a batch of 32 short rows cannot fill it. Here K trials
 ("slots") share one resident, frozen base model and one forward/backward per step: each slot
 owns a slice of the batch rows, its LoRA A/B per target module, its soft prompt, its copy of
-the classification head, and its own optimizer, schedule, data order and dropout generator.
-Rows never mix inside a transformer (attention is within a row; no batch norm), so a slot's
-gradients are exactly those of its own loss and a trial's result does not depend on what it was
-packed with; ``tests/objectives/test_packed.py`` checks that against the same trial run alone,
-and a single slot against peft's own LoRA + prompt-tuning model.
+the classification head, its schedule, data order and dropout masks. Rows never mix inside a
+transformer (attention is within a row; no batch norm), so a slot's gradients are exactly those
+of its own loss and a trial's result does not depend on what it was packed with;
+``tests/objectives/test_packed.py`` checks that against the same trial run alone, and a single
+slot against peft's own LoRA + prompt-tuning model.
+
+The per-trial work of a step does not grow with K either (issue 12): every slot's tensors live
+in one stacked block (:mod:`~peftsearch.objectives.stack`: one clip, one schedule, one AdamW
+for all), and the hooks on the base (:mod:`~peftsearch.objectives.hooks`) apply every slot's
+LoRA, head and dropout in a fixed number of tensor ops. The Python per slot and step is its
+row order and a few counters. Measured: ``benchmarks/pack_ops.py``, RESULTS.md.
 
 Why hand-rolled: peft's mixed-adapter batches (``forward(..., adapter_names=[...])``) work in
 eval mode only ("Cannot pass `adapter_names` when the model is in training mode", peft 0.21),
-and a deep copy of the base per trial repeats the frozen work once per trial.
+loop over adapters in Python, and a deep copy of the base per trial repeats the frozen work
+once per trial.
 
 The adapters follow peft's definitions: LoRA A kaiming-uniform(a=sqrt 5), B zero, output
-``B(A(dropout(x))) * alpha / r`` added to the frozen layer's; the soft prompt is ``k`` rows of
-N(0, 1) (peft's RANDOM init) prepended to the word embeddings with attention 1 and token type
-0; the head starts as a copy of the base model's head (peft's ``modules_to_save``). Target
+``B(A(dropout(x))) * alpha / r`` added to the frozen layer's; the soft prompt is ``k`` rows
+prepended to the word embeddings with attention 1 and token type 0 (vocab or N(0, 1) init);
+the head starts as a copy of the base model's head (peft's ``modules_to_save``). Target
 modules are matched by peft's own ``check_target_module_exists`` and default mapping.
 
-Dropout: masks drawn once over a packed batch would tie a trial's result to its neighbours,
-so every mask is drawn per slot from the trial's own generator: the base model's dropout
-layers (hidden states, embeddings, the dropout before the head) through hooks, and the trial's
-``lora_dropout``. The base itself runs in eval mode, so its attention-probability dropout, which
-happens inside SDPA from the global generator, is off. Measured against peft with every
-dropout on: benchmarks/RESULTS.md.
+Layout of a packed row: ``[prompt, tokens, padding]`` (right padding) or ``[padding, prompt,
+tokens]`` (left padding), so a row's real columns do not move with the pack's width.
 
-The base model is never modified: LoRA and heads act through forward hooks that do nothing when
-no slot is active.
+Dropout: the base's dropout layers (hidden states, embeddings, the dropout before the head) and
+the trial's ``lora_dropout``, each with masks that are a function of the trial (seed, step, its
+own rows) alone (:func:`~peftsearch.objectives.hooks.keep_mask`). The base itself runs in eval
+mode, so its attention-probability dropout, which happens inside SDPA from the global
+generator, is off. Measured against peft with every dropout on: benchmarks/RESULTS.md.
+
+A slot's own tensors (``Slot.lora``, ``prompt``, ``head``) hold its initial values until it
+leaves the engine and its trained values after; while it trains, the stack holds them.
 """
 
 from __future__ import annotations
@@ -43,8 +52,11 @@ import torch
 import torch.nn.functional as F
 
 from peftsearch.errors import TrialFailed
+from peftsearch.objectives import hooks as H
 from peftsearch.objectives.data import Encoded
+from peftsearch.objectives.hooks import lm_head_names, narrow_to  # noqa: F401 (re-exported)
 from peftsearch.objectives.model import PeftPlan, head_names, lead_token, vocab_prompt
+from peftsearch.objectives.stack import PARTS, Field, Stack
 from peftsearch.objectives.train import (
     MAX_CURVE_POINTS,
     EvalResult,
@@ -52,28 +64,8 @@ from peftsearch.objectives.train import (
     TrainStats,
     autocast,
     batch_rows,
-    param_groups,
     row_order,
 )
-
-
-def lm_head_names(base: Any) -> set[str]:
-    """The language model's head: every top-level child besides the backbone (``lm_head`` of
-    Llama and RoBERTa, ``cls`` of BERT, DistilBERT's ``vocab_transform`` / ``vocab_layer_norm``
-    / ``vocab_projector``, ModernBERT's ``head`` and ``decoder``). LoRA never targets them."""
-    backbone = base.base_model
-    return {n for n, m in base.named_children() if m is not backbone}
-
-
-def narrow_to(out: Any, rows: torch.Tensor, cols: torch.Tensor) -> Any:
-    """A backbone's output with its sequence output cut to one position per row (``[n, 1,
-    hidden]``): what follows in the model (its LM head: position-wise layers, a tied
-    decoder, logit soft-capping) then runs on the prediction points only."""
-    first = out[0][rows, cols].unsqueeze(1)
-    if isinstance(out, tuple):
-        return (first, *out[1:])
-    out.last_hidden_state = first  # a ModelOutput keeps its fields and tuple view in step
-    return out
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -82,7 +74,7 @@ def is_oom(exc: BaseException) -> bool:
 
 @dataclass(eq=False)
 class Slot:
-    """One trial inside the engine: its adapters, optimizer and progress."""
+    """One trial inside the engine: its adapters, settings and progress."""
 
     key: Any
     params: dict[str, Any]
@@ -95,21 +87,17 @@ class Slot:
     prompt: torch.nn.Parameter | None
     head: torch.nn.Module
     trainable: int
-    opt: Any = None
-    sched: Any = None
-    gen: Any = None  # dropout masks, on the device
+    row: int | None = None  # its row of the engine's Stack while it is in there
     order: Iterator[Any] | None = None
     step: int = 0
     total: int = 0
     log_every: int = 1
-    pending: list[Any] = field(default_factory=list)
+    loss_steps: int = 0  # steps whose loss is summed in the stack and not yet in ``curve``
     curve: list[float] = field(default_factory=list)
     started: float = 0.0
     train_seconds: float = 0.0
     pack_sizes: list[int] = field(default_factory=list)
     label_words: list[list[int]] | None = None  # verbalizer: each class's first-token ids
-    label_tokens: Any = None  # label_words padded into a LongTensor [classes, words]
-    label_weights: Any = None  # [classes, words]: 1 / words of the class, 0 for padding
     rung_steps: list[int] = field(default_factory=list)  # evaluate (and maybe stop) there
 
     @property
@@ -127,6 +115,18 @@ class Slot:
             "head": list(self.head.parameters()),
         }
 
+    def tensors(self) -> dict[str, torch.nn.Parameter]:
+        """Its tensors by their field name in the stack."""
+        out: dict[str, torch.nn.Parameter] = {}
+        for name, (a, b) in self.lora.items():
+            out[f"lora.{name}.A"], out[f"lora.{name}.B"] = a, b
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        for head, module in self.head.items():  # type: ignore[operator]
+            for pname, p in module.named_parameters():
+                out[f"head.{head}.{pname}"] = p
+        return out
+
 
 @dataclass
 class Finished:
@@ -142,36 +142,7 @@ class Finished:
     planned_steps: int = 0  # the steps it would have trained to the end
 
 
-class _Layout:
-    """Which slots own which rows of the batch now going through the base model."""
-
-    def __init__(self) -> None:
-        self.segments: list[tuple[Slot, int]] = []
-        self.widths: list[int] = []  # each slot's own sequence width (prompt + its tokens)
-        self.width = 0  # the packed batch's width
-        self.left_pad = False
-        self.training = False
-        self.pick: tuple[torch.Tensor, torch.Tensor] | None = None  # LM heads: (rows, cols)
-
-    def dropout(self, x: torch.Tensor, i: int, p: float, gen: Any) -> torch.Tensor:
-        """Dropout of segment ``i``'s rows ``x`` with masks that do not depend on the pack.
-
-        The mask covers the slot's own width only (padding the pack added keeps its values):
-        drawn over the packed width, a slot would consume more random numbers than alone and
-        every later mask would differ."""
-        if x.dim() >= 3 and x.shape[1] == self.width and self.widths[i] < self.width:
-            own = self.widths[i]
-            cols = slice(self.width - own, None) if self.left_pad else slice(0, own)
-            keep = torch.ones(x.shape, device=x.device, dtype=torch.float32)
-            keep[:, cols] = _keep_mask((x.shape[0], own, *x.shape[2:]), p, gen, x.device)
-            return x * keep.to(x.dtype)
-        return x * _keep_mask(tuple(x.shape), p, gen, x.device).to(x.dtype)
-
-
-def _keep_mask(shape: tuple[int, ...], p: float, gen: Any, device: Any) -> torch.Tensor:
-    keep = torch.empty(shape, device=device, dtype=torch.float32)
-    keep.bernoulli_(1.0 - p, generator=gen)
-    return keep / (1.0 - p)
+Part = tuple[list[tuple[Slot, int]], dict[str, Any]]  # slots owning consecutive rows, batch
 
 
 class PackedEngine:
@@ -200,7 +171,9 @@ class PackedEngine:
         self.capacity = max(1, capacity)
         self.lm_kind = lm_kind
         self.special_ids = set(special_ids or ())  # never drawn by a vocab-initialized prompt
-        self.layout = _Layout()
+        self.rows = H.Rows()
+        self.stack: Stack | None = None
+        self.occupant: list[Slot | None] = []  # the slot in each row of the stack
         self.active: list[Slot] = []
         self.waiting: list[Slot] = []
         # Called as on_rung(key, rung, step, EvalResult) when a slot reaches one of its rung
@@ -216,18 +189,25 @@ class PackedEngine:
         else:
             heads = lm_head_names(base)
             self._head_modules = {}
-            self._hooks.append(base.base_model.register_forward_hook(self._pick_hook()))
+            self._hooks.append(base.base_model.register_forward_hook(H.pick_hook(self.rows)))
         self._linears = {
             name: mod
             for name, mod in base.named_modules()
             if isinstance(mod, torch.nn.Linear) and name.split(".")[0] not in heads
         }
         for name, mod in self._head_modules.items():
-            self._hooks.append(mod.register_forward_hook(self._head_hook(name)))
-        dropout_hook = self._dropout_hook()  # a plain function: deepcopy of a head keeps it
+            template = copy.deepcopy(mod)
+            for m in template.modules():  # deepcopy copies hooks too: the template has none
+                m._forward_hooks.clear()
+            template.requires_grad_(False).eval()
+            pnames = [n for n, _ in mod.named_parameters()]
+            hook = H.head_hook(self.rows, name, template, pnames)
+            self._hooks.append(mod.register_forward_hook(hook))
+        site = 0
         for mod in base.modules():
             if isinstance(mod, torch.nn.Dropout):
-                self._hooks.append(mod.register_forward_hook(dropout_hook))
+                self._hooks.append(mod.register_forward_hook(H.dropout_hook(self.rows, site)))
+                site += 1
         base.eval()
 
     # -- building a slot ------------------------------------------------------------------------
@@ -292,14 +272,14 @@ class PackedEngine:
                 rows = vocab_prompt(w, train_data, self.special_ids, k, gen, lead)
             else:
                 rows = torch.randn(plan.prompt_length, self.hidden, generator=gen)
-            prompt = torch.nn.Parameter(rows.to(self.device))
+            prompt = torch.nn.Parameter(rows.float().to(self.device))
         heads = torch.nn.ModuleDict(
             {n: copy.deepcopy(m) for n, m in self._head_modules.items()}
         ).to(self.device)
         for m in heads.modules():  # deepcopy copies our hooks too: the copies must not have them
             m._forward_hooks.clear()
         heads.requires_grad_(True)
-        heads.eval()  # no dropout inside the head either (see the module docstring)
+        heads.eval()
         slot = Slot(
             key=key,
             params=params,
@@ -318,18 +298,6 @@ class PackedEngine:
             if not label_tokens:
                 raise ValueError("an LM head needs label_tokens")
             slot.label_words = label_tokens
-            width = max(len(words) for words in label_tokens)
-            slot.label_tokens = torch.tensor(
-                [words + [words[0]] * (width - len(words)) for words in label_tokens],
-                device=self.device,
-            )
-            slot.label_weights = torch.tensor(
-                [
-                    [1.0 / len(words)] * len(words) + [0.0] * (width - len(words))
-                    for words in label_tokens
-                ],
-                device=self.device,
-            )
         self._init_training(slot)
         slot.rung_steps = sorted({s for s in (rung_steps or []) if 0 < s < slot.total})
         for name in lora:
@@ -339,20 +307,11 @@ class PackedEngine:
         return slot
 
     def _init_training(self, slot: Slot) -> None:
-        from transformers import get_linear_schedule_with_warmup
-
-        cfg, params = slot.cfg, slot.parameters()
-        slot.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        if not params:  # an LM head with no adapter: the zero-shot model, nothing to train
+        cfg = slot.cfg
+        if not slot.parameters():  # an LM head with no adapter: the zero-shot model
             slot.total = 0
             return
-        slot.opt = torch.optim.AdamW(
-            param_groups(slot.parts(), cfg), lr=cfg.learning_rate, fused=self.device.type == "cuda"
-        )
         slot.total = cfg.total_steps(len(slot.train_data))
-        slot.sched = get_linear_schedule_with_warmup(
-            slot.opt, int(cfg.warmup_ratio * slot.total), slot.total
-        )
         slot.log_every = max(1, math.ceil(slot.total / MAX_CURVE_POINTS))
         slot.order = row_order(len(slot.train_data), cfg)
 
@@ -376,78 +335,11 @@ class PackedEngine:
         slot = self.add(("zero-shot",), bare, eval_data, eval_data, 0, label_tokens, queue=False)
         return self.evaluate([slot])[slot.key]
 
-    # -- hooks: LoRA on target layers, per-slot heads -------------------------------------------
-
     def _hook(self, name: str) -> None:
-        if name in self._hooked:
-            return
-        self._hooked.add(name)
-        layout = self.layout
-
-        def lora_hook(module: Any, args: tuple[Any, ...], out: torch.Tensor) -> Any:
-            segs = layout.segments
-            if not any(name in s.lora for s, _ in segs):
-                return None
-            x, parts, start = args[0], [], 0
-            for i, (slot, n) in enumerate(segs):
-                ab = slot.lora.get(name)
-                if ab is None:
-                    parts.append(out.new_zeros((n, *out.shape[1:])))
-                else:
-                    xs = x[start : start + n]
-                    if layout.training and slot.plan.lora_dropout > 0:
-                        xs = layout.dropout(xs, i, slot.plan.lora_dropout, slot.gen)
-                    a, b = ab
-                    delta = F.linear(F.linear(xs.to(a.dtype), a), b) * slot.scaling
-                    parts.append(delta.to(out.dtype))
-                start += n
-            return out + torch.cat(parts)
-
-        self._hooks.append(self._linears[name].register_forward_hook(lora_hook))
-
-    def _head_hook(self, name: str) -> Any:
-        layout = self.layout
-
-        def head_hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            segs = layout.segments
-            if not segs:
-                return None
-            parts, start = [], 0
-            for slot, n in segs:
-                head = slot.head[name]  # type: ignore[index]
-                sliced = [a[start : start + n] if torch.is_tensor(a) else a for a in args]
-                parts.append(head(*sliced))
-                start += n
-            return torch.cat(parts)
-
-        return head_hook
-
-    def _pick_hook(self) -> Any:
-        layout = self.layout
-
-        def pick_hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            """The backbone's output at each row's prediction point only (LM heads)."""
-            if layout.pick is None:
-                return None
-            return narrow_to(out, *layout.pick)
-
-        return pick_hook
-
-    def _dropout_hook(self) -> Any:
-        layout = self.layout
-
-        def dropout_hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            """The base's dropout layer (an identity in eval mode) with each slot's masks."""
-            segs = layout.segments
-            if not layout.training or not segs or module.p == 0:
-                return None
-            x, parts, start = args[0], [], 0
-            for i, (slot, n) in enumerate(segs):
-                parts.append(layout.dropout(x[start : start + n], i, module.p, slot.gen))
-                start += n
-            return torch.cat(parts)
-
-        return dropout_hook
+        if name not in self._hooked:
+            self._hooked.add(name)
+            hook = H.lora_hook(self.rows, name)
+            self._hooks.append(self._linears[name].register_forward_hook(hook))
 
     def close(self) -> None:
         """Remove the hooks: the base model is as it was."""
@@ -456,50 +348,212 @@ class PackedEngine:
         self._hooks.clear()
         self._hooked.clear()
 
+    # -- the stack: every resident slot's tensors in one block ------------------------------------
+
+    @staticmethod
+    def _fields(slot: Slot) -> dict[str, Field]:
+        part = {"lora": "lora", "prompt": "prompt", "head": "head"}
+        return {
+            name: Field(tuple(t.shape), part[name.split(".")[0]])
+            for name, t in slot.tensors().items()
+        }
+
+    def _place(self, slots: list[Slot], live: bool) -> None:
+        """Give each of ``slots`` without one a row of the stack, holding its own tensors.
+        The stack grows (rows, a larger rank or prompt, new layers) when it must; trials
+        already in it keep their values and optimizer state."""
+        missing = [s for s in slots if s.row is None]
+        if not missing:
+            return
+        want = dict(self.stack.specs) if self.stack is not None else {}
+        for s in missing:
+            for name, f in self._fields(s).items():
+                have = want.get(name)
+                if have is None:
+                    want[name] = f
+                elif have.shape != f.shape:
+                    grown = tuple(max(a, b) for a, b in zip(have.shape, f.shape, strict=True))
+                    want[name] = Field(grown, f.part)
+        free = [i for i, o in enumerate(self.occupant) if o is None]
+        if self.stack is None or want != self.stack.specs or len(free) < len(missing):
+            used = len(self.occupant) - len(free)
+            rows = max(self.capacity, len(self.occupant), used + len(missing))
+            if self.stack is None:
+                self.stack = Stack(want, rows, self.device)
+            else:
+                self.stack = self.stack.resized(want, rows)
+            self.occupant += [None] * (rows - len(self.occupant))
+            free = [i for i, o in enumerate(self.occupant) if o is None]
+        for s, row in zip(missing, free, strict=False):
+            self.occupant[row], s.row = s, row
+            cfg = s.cfg
+            trains = live and s.total > 0
+            self.stack.place(
+                row,
+                {n: t.detach() for n, t in s.tensors().items()},
+                {p: cfg.rate(p) for p in PARTS},
+                cfg.weight_decay,
+                int(cfg.warmup_ratio * s.total),
+                s.total,
+                cfg.max_grad_norm,
+                trains,
+            )
+
+    def _release(self, slot: Slot, keep: bool) -> None:
+        """Take ``slot`` out of the stack; ``keep``: its trained values go back into its own
+        tensors first."""
+        if slot.row is None or self.stack is None:
+            slot.row = None
+            return
+        if keep:
+            with torch.no_grad():
+                for name, t in slot.tensors().items():
+                    t.copy_(self.stack.read(slot.row, name, tuple(t.shape)))
+        self.stack.free(slot.row)
+        self.occupant[slot.row], slot.row = None, None
+        if all(o is None for o in self.occupant):  # empty: the next pack sizes it afresh
+            self.stack, self.occupant = None, []
+
+    def _drop_stack(self) -> None:
+        for s in self.occupant:
+            if s is not None:
+                s.row = None
+        self.stack, self.occupant = None, []
+
     # -- forward --------------------------------------------------------------------------------
 
-    def _forward(self, items: list[tuple[Slot, dict[str, Any]]]) -> torch.Tensor:
-        """Logits of every row of ``items``, in order; each slot's prompt in front of its rows,
-        rows padded to the longest (on the side the tokenizer pads)."""
-        width = max(s.prompt_length + b["input_ids"].shape[1] for s, b in items)
-        embeds, masks, types = [], [], []
-        has_types = "token_type_ids" in items[0][1]
-        for slot, b in items:
-            e, m = self.embed(b["input_ids"]), b["attention_mask"]
-            t = b.get("token_type_ids")
-            n, k = e.shape[0], slot.prompt_length
-            if slot.prompt is not None:
-                e = torch.cat([slot.prompt.to(e.dtype).unsqueeze(0).expand(n, -1, -1), e], 1)
-                m = torch.cat([m.new_ones(n, k), m], 1)
-                if t is not None:
-                    t = torch.cat([t.new_zeros(n, k), t], 1)
-            pad = width - e.shape[1]
-            if pad:
-                side = (pad, 0) if self.left_pad else (0, pad)
-                e = F.pad(e, (0, 0, *side))
-                m = F.pad(m, side)
-                t = F.pad(t, side) if t is not None else None
-            embeds.append(e)
-            masks.append(m)
-            if t is not None:
-                types.append(t)
-        kwargs: dict[str, Any] = {
-            "inputs_embeds": torch.cat(embeds),
-            "attention_mask": torch.cat(masks),
-        }
-        if has_types:
-            kwargs["token_type_ids"] = torch.cat(types)
-        self.layout.segments = [(s, b["input_ids"].shape[0]) for s, b in items]
-        self.layout.widths = [s.prompt_length + b["input_ids"].shape[1] for s, b in items]
-        self.layout.width, self.layout.left_pad = width, self.left_pad
-        try:
-            if self.lm_kind is None:
-                return self.base(**kwargs).logits
-            return self._verbalize(items, kwargs)
-        finally:
-            self.layout.segments = []
+    def _batch(self, data: Encoded, idx: torch.Tensor) -> dict[str, Any]:
+        b = batch_rows(data, idx, self.device, self.left_pad)
+        b["lengths"] = data.lengths[idx]  # on the CPU: the packed width needs no device sync
+        return b
 
-    def _verbalize(self, items: list[tuple[Slot, dict[str, Any]]], kwargs: dict[str, Any]) -> Any:
+    def _forward(self, items: list[tuple[Slot, dict[str, Any]]]) -> torch.Tensor:
+        """Class scores of every row of ``items``, in order (each slot's prompt in front of
+        its rows, rows padded to the longest, on the side the tokenizer pads)."""
+        parts = []
+        for slot, b in items:
+            if "lengths" not in b:
+                b = {**b, "lengths": b["attention_mask"].sum(-1).cpu()}
+            parts.append(([(slot, int(b["input_ids"].shape[0]))], b))
+        return self._forward_parts(parts, training=False)[0]
+
+    def _forward_parts(self, parts: list[Part], training: bool) -> tuple[torch.Tensor, Any]:
+        """Class scores of every row of ``parts``, and ``(segment of each row, rows per
+        segment, stacked row per segment)``. Slots without a stack row get one for this pass."""
+        segs = [seg for segs, _ in parts for seg in segs]
+        temp = [s for s, _ in segs if s.row is None]
+        self._place(temp, live=False)
+        try:
+            kwargs, positions, meta = self._inputs(parts, training)
+            if self.lm_kind is None:
+                return self.base(**kwargs).logits, meta
+            return self._verbalize(kwargs, positions, meta), meta
+        finally:
+            self.rows.clear()
+            for s in temp:
+                self._release(s, keep=False)
+
+    def _inputs(self, parts: list[Part], training: bool) -> tuple[dict[str, Any], Any, Any]:
+        """The packed batch (``inputs_embeds``, mask, token types) and :attr:`rows` set up for
+        the hooks; every per-row quantity is a tensor op, not a loop over slots."""
+        dev, left = self.device, self.left_pad
+        segs = [seg for segs, _ in parts for seg in segs]
+        batches = [b for _, b in parts]
+        wd = max(int(b["input_ids"].shape[1]) for b in batches)
+        keys = ["input_ids", "attention_mask", "token_type_ids", "positions"]
+        cols: dict[str, Any] = {}
+        for col in keys:
+            if col not in batches[0]:
+                continue
+            if len(batches) == 1:
+                cols[col] = batches[0][col]
+                continue
+            pieces = []
+            for b in batches:
+                pad = wd - int(b["input_ids"].shape[1])
+                if col == "positions":
+                    pieces.append(b[col] + pad if left else b[col])
+                elif pad:
+                    pieces.append(F.pad(b[col], (pad, 0) if left else (0, pad)))
+                else:
+                    pieces.append(b[col])
+            cols[col] = torch.cat(pieces)
+        lengths = (
+            torch.cat([b["lengths"] for b in batches])
+            if len(batches) > 1
+            else batches[0]["lengths"]
+        )
+        counts = torch.tensor([n for _, n in segs])
+        ks = torch.tensor([s.prompt_length for s, _ in segs])
+        k_rows = ks.repeat_interleave(counts)
+        n_rows = int(counts.sum())
+        width = int((k_rows + lengths).max()) if n_rows else wd
+        ids, mask = cols["input_ids"], cols["attention_mask"]
+        types, positions = cols.get("token_type_ids"), cols.get("positions")
+        stack = self.stack
+        assert stack is not None
+        present = torch.tensor([s.row for s, _ in segs])
+        slot_rows = present.repeat_interleave(counts).to(dev)
+        j = torch.arange(width, device=dev)
+        if int(ks.max()) > 0:
+            k = k_rows.to(dev).unsqueeze(1)
+            length = lengths.to(dev).unsqueeze(1)
+            if left:  # [padding, prompt, tokens]; the data rows are left padded to wd
+                start = width - length - k
+                src = j - (width - wd)
+                in_tok = j >= width - length
+            else:  # [prompt, tokens, padding]
+                start = torch.zeros_like(k)
+                src = j - k
+                in_tok = (j >= k) & (j < k + length)
+            in_prompt = (j >= start) & (j < start + k)
+            src = src.clamp(0, wd - 1).expand(n_rows, width)
+            ids = ids.gather(1, src)
+            if types is not None:
+                types = torch.where(in_tok, types.gather(1, src), 0)
+            mask = (in_tok | in_prompt).to(mask.dtype)
+            if positions is not None:
+                positions = positions + (width - wd if left else k_rows.to(dev))
+            embeds = self.embed(ids)
+            prompts = stack.fields["prompt"]
+            at = (j - start).clamp(0, prompts.shape[1] - 1)
+            rows_prompt = prompts[slot_rows.unsqueeze(1), at]
+            embeds = torch.where(in_prompt.unsqueeze(-1), rows_prompt.to(embeds.dtype), embeds)
+        else:
+            embeds = self.embed(ids)
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        # Rows for the hooks: which stacked row, segment and place in [segments, n_max] each
+        # batch row has, and each row's LoRA scaling, LoRA dropout and dropout key.
+        s_count = len(segs)
+        seg = torch.arange(s_count).repeat_interleave(counts)
+        first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+        row_in = torch.arange(n_rows) - first
+        n_max = int(counts.max())
+        r = self.rows
+        r.segments, r.stack, r.training, r.width = segs, stack, training, width
+        r.slot_rows, r.present = slot_rows, present.to(dev)
+        r.seg, r.n_max = seg.to(dev), n_max
+        r.equal = bool((counts == n_max).all())
+        r.dst = (seg * n_max + row_in).to(dev)
+        scaling = torch.tensor([s.scaling for s, _ in segs])
+        r.seg_scaling = scaling.to(dev)
+        r.scaling = None if r.equal else scaling.repeat_interleave(counts).to(dev)
+        r.lora_names = {name for s, _ in segs for name in s.lora}
+        r.coords = (width - 1 - j) if left else j
+        r.lora_p, r.keys = None, None
+        if training:
+            p = torch.tensor([s.plan.lora_dropout for s, _ in segs])
+            if bool((p > 0).any()):
+                r.lora_p = p.repeat_interleave(counts).to(dev)
+            seeds = torch.tensor([s.cfg.seed for s, _ in segs]).repeat_interleave(counts)
+            steps = torch.tensor([s.step for s, _ in segs]).repeat_interleave(counts)
+            r.keys = H.row_keys(seeds, steps, row_in).to(dev)
+        meta = (r.seg, counts.to(dev), r.present)
+        return kwargs, positions, meta
+
+    def _verbalize(self, kwargs: dict[str, Any], positions: Any, meta: Any) -> Any:
         """Class scores from the LM head: at the prediction point of each row (the last token
         for a causal LM, the ``{mask}`` token for a masked LM), the log-probability of each
         class's label words, averaged over its words. A word counts by its first token: one
@@ -516,26 +570,30 @@ class PackedEngine:
         if self.lm_kind == "causal":
             cols = torch.full_like(rows, width - 1) if self.left_pad else mask.sum(-1) - 1
         else:
-            parts = []
-            for (slot, b), own in zip(items, self.layout.widths, strict=True):
-                shift = slot.prompt_length + ((width - own) if self.left_pad else 0)
-                parts.append(b["positions"] + shift)
-            cols = torch.cat(parts)
+            cols = positions
         # The whole model runs, its own head included (whatever modules it has); a hook on
         # the backbone hands the head only the prediction points: [rows, 1, vocab] logits.
-        self.layout.pick = (rows, cols)
+        self.rows.pick = (rows, cols)
         try:
             logits = self.base(**kwargs).logits[:, 0]
         finally:
-            self.layout.pick = None
+            self.rows.pick = None
         logp = torch.log_softmax(logits.float(), -1)
-        scores, start = [], 0
-        for slot, b in items:
-            n = b["input_ids"].shape[0]
-            picked = logp[start : start + n][:, slot.label_tokens]  # [n, classes, words]
-            scores.append((picked * slot.label_weights).sum(-1))
-            start += n
-        return torch.cat(scores)
+        # Each segment's label words, padded to the widest (weight 0): [segments, classes, words].
+        words = [s.label_words for s, _ in self.rows.segments]
+        classes = {len(w) for w in words}  # type: ignore[arg-type]
+        if len(classes) != 1:
+            raise RuntimeError(f"trials of one pack need the same classes, got {sorted(classes)}")
+        wide = max(len(ws) for w in words for ws in w)  # type: ignore[union-attr]
+        tokens = [[ws + [ws[0]] * (wide - len(ws)) for ws in w] for w in words]  # type: ignore[union-attr]
+        weights = [
+            [[1.0 / len(ws)] * len(ws) + [0.0] * (wide - len(ws)) for ws in w] for w in words
+        ]  # type: ignore[union-attr]
+        seg = meta[0]
+        tok = torch.tensor(tokens, device=logp.device).index_select(0, seg)
+        wts = torch.tensor(weights, device=logp.device).index_select(0, seg)
+        picked = logp.gather(1, tok.flatten(1)).view(tok.shape)
+        return (picked * wts).sum(-1)
 
     # -- training -------------------------------------------------------------------------------
 
@@ -550,27 +608,38 @@ class PackedEngine:
         return [(s.key, s.step, s.total) for s in self.active]
 
     def drop(self, key: Any) -> None:
+        for s in self.active:
+            if s.key == key:
+                self._release(s, keep=False)
         self.active = [s for s in self.active if s.key != key]
         self.waiting = [s for s in self.waiting if s.key != key]
 
     def clear(self) -> None:
+        for s in self.active:
+            self._release(s, keep=False)
         self.active, self.waiting = [], []
+        self._drop_stack()
 
     def step(self) -> list[Finished]:
         """One optimizer step of every active slot; returns the slots that left."""
+        joined = []
         while self.waiting and len(self.active) < self.capacity:
             slot = self.waiting.pop(0)
             slot.started = time.perf_counter()
             self.active.append(slot)
+            joined.append(slot)
         if not self.active:
             return []
         try:
+            self._place(joined, live=True)
             done = self._train_step()
         except Exception as exc:
             if not is_oom(exc):
                 failed = [Finished(s.key, s.trainable, error=exc) for s in self.active]
                 self.active = []
+                self._drop_stack()
                 return failed
+            self._drop_stack()
             self._free()
             if len(self.active) == 1:
                 slot = self.active.pop()
@@ -611,9 +680,7 @@ class PackedEngine:
             rung = s.rung_steps.index(s.step)
             result = results[s.key]
             if self.on_rung(s.key, rung, s.step, result):
-                if s.pending:  # the loss since the last curve point
-                    s.curve.append(float(torch.stack(s.pending).float().mean()))
-                    s.pending = []
+                self._read_losses([s])  # the loss since the last curve point
                 self._sync()
                 s.train_seconds = time.perf_counter() - s.started
                 out.append(self._leave(s, result, pruned=True))
@@ -624,49 +691,74 @@ class PackedEngine:
             torch.cuda.synchronize(self.device)
 
     def _leave(self, s: Slot, result: EvalResult, pruned: bool) -> Finished:
-        """Take ``s`` out of the engine as a finished (or stopped) trial."""
+        """Take ``s`` out of the engine as a finished (or stopped) trial, its trained values
+        back in its own tensors."""
         self.active.remove(s)
+        self._release(s, keep=True)
         stats = TrainStats(s.step, s.train_seconds, s.curve, s.log_every)
         mean_pack = sum(s.pack_sizes) / len(s.pack_sizes) if s.pack_sizes else 1.0
         return Finished(s.key, s.trainable, stats, result, None, mean_pack, pruned, s.total)
 
+    def _train_parts(self, active: list[Slot]) -> list[Part]:
+        """This step's rows: each slot's next batch of its own row order, one gather per
+        training set (slots on the same template share one)."""
+        groups: dict[int, tuple[Encoded, list[tuple[Slot, torch.Tensor]]]] = {}
+        for s in active:
+            groups.setdefault(id(s.train_data), (s.train_data, []))[1].append((s, next(s.order)))  # type: ignore[arg-type]
+        parts = []
+        for data, picks in groups.values():
+            idx = picks[0][1] if len(picks) == 1 else torch.cat([i for _, i in picks])
+            parts.append(([(s, len(i)) for s, i in picks], self._batch(data, idx)))
+        return parts
+
     def _optimizer_step(self, active: list[Slot]) -> list[Finished]:
-        self.layout.training = True
-        items = [
-            (s, batch_rows(s.train_data, next(s.order), self.device, self.left_pad))  # type: ignore[arg-type]
-            for s in active
-        ]
+        stack = self.stack
+        assert stack is not None
+        parts = self._train_parts(active)
         with autocast(self.device):
-            logits = self._forward(items)
-        losses, start = [], 0
-        for _, b in items:
-            n = b["labels"].shape[0]
-            losses.append(F.cross_entropy(logits[start : start + n].float(), b["labels"]))
-            start += n
-        torch.stack(losses).sum().backward()
-        to_log: list[tuple[Slot, list[Any]]] = []
-        for slot, loss in zip(active, losses, strict=True):
-            params = slot.parameters()
-            torch.nn.utils.clip_grad_norm_(params, slot.cfg.max_grad_norm)
-            slot.opt.step()
-            slot.sched.step()
-            slot.opt.zero_grad(set_to_none=True)
-            slot.pending.append(loss.detach())
-            slot.step += 1
-            slot.pack_sizes.append(len(active))
-            if slot.step % slot.log_every == 0 or slot.step == slot.total:
-                to_log.append((slot, slot.pending))
-                slot.pending = []
+            logits, (seg, counts, present) = self._forward_parts(parts, training=True)
+        labels = (
+            torch.cat([b["labels"] for _, b in parts]) if len(parts) > 1 else parts[0][1]["labels"]
+        )
+        per_row = F.cross_entropy(logits.float(), labels, reduction="none")
+        per_slot = torch.zeros(len(counts), device=per_row.device).index_add_(0, seg, per_row)
+        per_slot = per_slot / counts
+        stack.zero_grad()
+        per_slot.sum().backward()
+        stack.loss_sum.index_add_(0, present, per_slot.detach())
+        stack.step()
+        to_log = []
+        for s in active:
+            s.step += 1
+            s.loss_steps += 1
+            s.pack_sizes.append(len(active))
+            if s.step % s.log_every == 0 or s.step == s.total:
+                to_log.append(s)
         out: list[Finished] = []
-        if to_log:  # one host sync for every slot that logs at this step
-            means = torch.stack([torch.stack(p).float().mean() for _, p in to_log]).tolist()
-            for (slot, _), value in zip(to_log, means, strict=True):
-                if not math.isfinite(value):
-                    reason = f"train loss is {value} at step {slot.step} of {slot.total}; stopped"
-                    out.append(Finished(slot.key, slot.trainable, error=TrialFailed(reason)))
-                    self.active.remove(slot)
-                else:
-                    slot.curve.append(value)
+        for s, value in self._read_losses(to_log):
+            if not math.isfinite(value):
+                reason = f"train loss is {value} at step {s.step} of {s.total}; stopped"
+                out.append(Finished(s.key, s.trainable, error=TrialFailed(reason)))
+                self.active.remove(s)
+                self._release(s, keep=False)
+        return out
+
+    def _read_losses(self, slots: list[Slot]) -> list[tuple[Slot, float]]:
+        """Each slot's mean train loss since its last curve point, appended to its curve (one
+        host sync for all of them)."""
+        slots = [s for s in slots if s.loss_steps]
+        if not slots or self.stack is None:
+            return []
+        rows = torch.tensor([s.row for s in slots], device=self.device)
+        sums = self.stack.loss_sum.index_select(0, rows)
+        self.stack.loss_sum.index_fill_(0, rows, 0.0)
+        out = []
+        for s, total in zip(slots, sums.tolist(), strict=True):
+            value = total / s.loss_steps
+            s.loss_steps = 0
+            if math.isfinite(value):
+                s.curve.append(value)
+            out.append((s, value))
         return out
 
     def _finish(self, ended: list[Slot]) -> list[Finished]:
@@ -686,11 +778,10 @@ class PackedEngine:
         """The class scores (what the cross-entropy sees) of ``slot`` on every row of
         ``data``, in row order, on the CPU; in the model's own dtype, no bf16 autocast (what
         a plain load of the saved adapters computes)."""
-        self.layout.training = False
         out = []
         with torch.no_grad():
             for idx in torch.arange(len(data)).split(batch_size):
-                batch = batch_rows(data, idx, self.device, self.left_pad)
+                batch = self._batch(data, idx)
                 out.append(self._forward([(slot, batch)]).float().cpu())
         return torch.cat(out)
 
@@ -698,34 +789,45 @@ class PackedEngine:
         """Predictions (argmax) and mean cross-entropy of each slot on its eval data, all
         slots in the same batches, each in sorted-length chunks of its eval batch size."""
         start = time.perf_counter()
-        self.layout.training = False
         chunks = {}
         for s in slots:
             size = max(64, 2 * s.cfg.batch_size)
             chunks[s.key] = torch.argsort(s.eval_data.lengths, descending=True).split(size)
         preds: dict[Any, list[Any]] = {s.key: [] for s in slots}
-        loss_sum = {s.key: torch.zeros((), dtype=torch.float64, device=self.device) for s in slots}
+        loss_sum = {s.key: 0.0 for s in slots}
+        sums: list[tuple[list[Slot], torch.Tensor]] = []
         rounds = max(len(c) for c in chunks.values())
-        with torch.no_grad(), autocast(self.device):
-            for i in range(rounds):
-                items = [
-                    (s, batch_rows(s.eval_data, chunks[s.key][i], self.device, self.left_pad))
-                    for s in slots
-                    if i < len(chunks[s.key])
-                ]
-                logits = self._forward(items)
-                at = 0
-                for s, b in items:
-                    lg = logits[at : at + b["labels"].shape[0]].float()
-                    at += b["labels"].shape[0]
-                    preds[s.key].append(lg.argmax(-1))
-                    loss_sum[s.key] += F.cross_entropy(lg, b["labels"], reduction="sum").double()
+        temp = [s for s in slots if s.row is None]
+        self._place(temp, live=False)
+        try:
+            with torch.no_grad(), autocast(self.device):
+                for i in range(rounds):
+                    parts: list[Part] = []
+                    for s in slots:
+                        if i < len(chunks[s.key]):
+                            b = self._batch(s.eval_data, chunks[s.key][i])
+                            parts.append(([(s, len(chunks[s.key][i]))], b))
+                    logits, (seg, counts, _) = self._forward_parts(parts, training=False)
+                    logits = logits.float()
+                    labels = torch.cat([b["labels"] for _, b in parts])
+                    ce = F.cross_entropy(logits, labels, reduction="none").double()
+                    per = torch.zeros(len(parts), dtype=torch.float64, device=ce.device)
+                    sums.append(([seg_[0][0] for seg_, _ in parts], per.index_add_(0, seg, ce)))
+                    picked = logits.argmax(-1).cpu().split([len(p[1]["labels"]) for p in parts])
+                    for (segs_, _), pr in zip(parts, picked, strict=True):
+                        preds[segs_[0][0].key].append(pr)
+        finally:
+            for s in temp:
+                self._release(s, keep=False)
+        for owners, per in sums:  # one host sync per round, after all rounds ran
+            for s, value in zip(owners, per.tolist(), strict=True):
+                loss_sum[s.key] += value
         seconds = time.perf_counter() - start
         out = {}
         for s in slots:
             order = torch.cat(list(chunks[s.key]))
             ordered = torch.empty(len(s.eval_data), dtype=torch.long)
-            ordered[order] = torch.cat(preds[s.key]).cpu()
-            loss = float(loss_sum[s.key]) / max(1, len(s.eval_data))
+            ordered[order] = torch.cat(preds[s.key])
+            loss = loss_sum[s.key] / max(1, len(s.eval_data))
             out[s.key] = EvalResult(ordered.tolist(), loss, seconds)
         return out
