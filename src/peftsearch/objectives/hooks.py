@@ -133,6 +133,26 @@ def keep_mask(
     return ((bits >= threshold).to(dtype) * scale).view(shape)
 
 
+def prompt_columns(
+    prompts: torch.Tensor, slot_rows: torch.Tensor, start: torch.Tensor, width: int, left: bool
+) -> torch.Tensor:
+    """``[rows, width, hidden]``: each batch row's trial's soft prompt from column ``start`` of
+    the row on (0 with right padding), what lies outside the prompt being don't-care.
+
+    ``prompts[slot_rows[:, None], j - start]`` would say the same, but its backward (an
+    accumulating ``index_put_``) sums in a thread-dependent order on CPU: the same trial gave
+    0.574 and 0.586 on two runs of the demo's prompt-16 trial. ``index_select`` and ``gather``
+    (whose backward adds serially along the gathered dim) give the same bits every run."""
+    per_row = prompts.index_select(0, slot_rows)  # [rows, P, hidden]
+    n, p, h = per_row.shape
+    if not left:  # start is 0: columns 0..P-1 are the prompt
+        if p >= width:
+            return per_row[:, :width]
+        return torch.nn.functional.pad(per_row, (0, 0, 0, width - p))
+    at = (torch.arange(width, device=per_row.device) - start).clamp(0, p - 1)  # [rows, width]
+    return per_row.gather(1, at.unsqueeze(-1).expand(n, width, h))
+
+
 @dataclass
 class Rows:
     """The batch of the packed forward now in flight: which trial owns which rows."""

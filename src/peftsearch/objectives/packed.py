@@ -515,9 +515,7 @@ class PackedEngine:
             if positions is not None:
                 positions = positions + (width - wd if left else k_rows.to(dev))
             embeds = self.embed(ids)
-            prompts = stack.fields["prompt"]
-            at = (j - start).clamp(0, prompts.shape[1] - 1)
-            rows_prompt = prompts[slot_rows.unsqueeze(1), at]
+            rows_prompt = H.prompt_columns(stack.fields["prompt"], slot_rows, start, width, left)
             embeds = torch.where(in_prompt.unsqueeze(-1), rows_prompt.to(embeds.dtype), embeds)
         else:
             embeds = self.embed(ids)
