@@ -74,11 +74,11 @@ def test_the_hash_is_the_plain_uint32_arithmetic() -> None:
         for c in range(4):
             cell = _py_mix((site_key ^ (c * 0x42B2AE3D & M32)) & M32)
             for f in range(feats):
-                h = cell ^ codes[f]
-                h = (h * 0x7FEB352D) & M32
-                h ^= h >> 15
-                h = (h * 0x5BD1E995) & M32
-                kept = (h >> 8) >= round(p * 2**24)
+                h = (cell ^ codes[f]) * 0x7FEB352D & M32
+                signed = h - 2**32 if h >= 2**31 else h
+                h = (h ^ ((signed >> 15) & M32)) * 0x5BD1E995 & M32  # an arithmetic shift
+                top = (h - 2**32 if h >= 2**31 else h) >> 8  # signed top 24 bits
+                kept = top >= round(p * 2**24) - 2**23
                 assert (m[r, c, f].item() > 0) == kept, (r, c, f)
     assert int(_mix(torch.tensor([123456789]))[0]) == _py_mix(123456789)
 
