@@ -1,40 +1,35 @@
-"""`search --help` and space validation must not import the heavy stack."""
+"""The package's import graph: subpackages never import the command line (no import circle)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import ast
+from pathlib import Path
 
-HEAVY = ("torch", "transformers", "peft", "datasets", "optuna", "pandas", "evaluate")
+import peftsearch
 
-
-def _imported(code: str) -> set[str]:
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
-    )
-    names = set()
-    for line in out.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
+PACKAGE = Path(peftsearch.__file__).parent
 
 
-def test_help_imports_no_heavy_module() -> None:
-    names = _imported(
-        "import sys; from peftsearch.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
-    )
-    assert "peftsearch" in names
-    assert not names & set(HEAVY), sorted(names & set(HEAVY))
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
 
 
-def test_loading_a_space_imports_no_heavy_module(tmp_path) -> None:
-    space = tmp_path / "s.yaml"
-    space.write_text(
-        "model: {path: " + str(tmp_path) + "}\n"
-        "data: {path: " + str(space) + ", text_columns: [text], labels: [a, b]}\n"
-        "templates: {t: '{text}'}\n"
-    )
-    names = _imported(f"from peftsearch.spaces import load_space; load_space({str(space)!r})")
-    assert "pydantic" in names
-    assert not names & set(HEAVY), sorted(names & set(HEAVY))
+def test_nothing_but_the_entry_points_imports_the_cli() -> None:
+    importers = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "peftsearch.cli" in _imports(p)
+    }
+    assert importers == {"__main__.py"}
+
+
+def test_load_py_imports_nothing_of_peftsearch() -> None:
+    """It is copied verbatim beside saved weights, where peftsearch need not be installed."""
+    imports = _imports(PACKAGE / "objectives" / "load.py")
+    assert not {m for m in imports if m.split(".")[0] == "peftsearch"}

@@ -14,6 +14,7 @@ from typing import Any
 
 from peftsearch import __version__
 from peftsearch.errors import UserError
+from peftsearch.logs import quiet_libraries
 
 EXIT_INTERRUPTED = 130
 
@@ -35,16 +36,6 @@ def _space_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _quiet_libraries() -> None:
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
 class _Validate:
     help = "check a space file, its model and data, and render every template on a real row"
 
@@ -60,7 +51,7 @@ class _Validate:
         from peftsearch.searcher import make_sampler
 
         make_sampler(space)
-        _quiet_libraries()
+        quiet_libraries()
         from peftsearch.objectives.validate import check_space
 
         for line in check_space(space):
@@ -101,7 +92,7 @@ class _Run:
         from peftsearch.spaces import load_space
 
         space = load_space(args.space, _space_overrides(args))
-        _quiet_libraries()
+        quiet_libraries()
         from peftsearch.searcher import run_study
 
         show = not args.no_progress
@@ -218,7 +209,7 @@ class _Train:
 
     @staticmethod
     def take_action(args: argparse.Namespace) -> int:
-        _quiet_libraries()
+        quiet_libraries()
         from peftsearch.objectives.production import train_exported
 
         to = Path(args.to).resolve() if args.to else None
@@ -249,7 +240,7 @@ class _Predict:
                 raise UserError(f"{args.file}: {exc.strerror}") from None
         else:
             texts = args.text
-        _quiet_libraries()
+        quiet_libraries()
         from peftsearch.objectives.production import predict
 
         for row in predict(Path(args.model_dir), texts):

@@ -205,3 +205,14 @@ def test_timeout_stops_starting_new_trials(write_space) -> None:
     assert outcome.stopped_by_timeout
     assert outcome.counts == {}  # the budget was spent before the first trial could start
     assert (space.output_dir / "pareto.csv").exists()
+
+
+def test_the_objectives_have_their_names_in_the_storage(write_space) -> None:
+    """optuna-dashboard and `optuna.load_study` show the metric's name and
+    "trainable_params", not "Objective 0 / 1"."""
+    space = load_space(write_space(objectives={"metric": "f1", "metric_kwargs": {"pos_label": 1}}))
+    storage.sqlite_path(storage.resolve_url(space)).parent.mkdir(parents=True)
+    study = open_study(space)
+    assert study.metric_names == ["f1", "trainable_params"]
+    again = optuna.load_study(study_name=space.study_name, storage=storage.resolve_url(space))
+    assert again.metric_names == ["f1", "trainable_params"]

@@ -167,12 +167,18 @@ def open_study(space: Space, create: bool = True) -> Any:
         with lock():
             if not create:
                 return optuna.load_study(study_name=space.study_name, storage=open_storage(url))
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=space.study_name,
                 storage=open_storage(url),
                 directions=DIRECTIONS,
                 load_if_exists=True,
             )
+            names = [space.objectives.metric, "trainable_params"]
+            if study.metric_names != names:  # optuna-dashboard shows these, not "Objective 0"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(names)
+            return study
     except KeyError:
         raise UserError(
             f"{space.file}: no study {space.study_name!r} in {mask_url(url)}; "

@@ -152,10 +152,10 @@ def _worker_main(
     code = 0
     try:
         if runner_factory is None:
-            from peftsearch.cli import _quiet_libraries
+            from peftsearch.logs import quiet_libraries
             from peftsearch.objectives.runner import TrialRunner
 
-            _quiet_libraries()
+            quiet_libraries()
             runner: Any = TrialRunner(space)
         else:
             runner = runner_factory(space)
