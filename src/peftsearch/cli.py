@@ -206,6 +206,14 @@ class _Train:
         p.add_argument("config", help="EXPORT/config.yaml written by `search export`")
         p.add_argument("--epochs", type=int, help="override the config's epochs")
         p.add_argument("--to", help="where to save the model (default: beside the config, model/)")
+        p.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=None,
+            metavar="N",
+            help="write a checkpoint every N steps and on Ctrl-C (default 100; 0: none); "
+            "the same command resumes from it",
+        )
 
     @staticmethod
     def take_action(args: argparse.Namespace) -> int:
@@ -213,7 +221,8 @@ class _Train:
         from peftsearch.objectives.production import train_exported
 
         to = Path(args.to).resolve() if args.to else None
-        result = train_exported(Path(args.config), epochs=args.epochs, to=to)
+        every = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+        result = train_exported(Path(args.config), epochs=args.epochs, to=to, **every)
         for key, value in result.items():
             print(f"{key}: {value}")
         return 0

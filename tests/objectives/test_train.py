@@ -79,7 +79,7 @@ def test_nan_loss_fails_the_trial_naming_the_step(loaded, data) -> None:
     steps = []
     cfg = TrainConfig(learning_rate=1e-3, batch_size=8, epochs=2)  # 12 steps
     with pytest.raises(TrialFailed, match=r"nan at step 3 of 12") as info:
-        train(model, data, cfg, CPU, on_step=lambda s, t: steps.append(s))
+        train(model, data, cfg, CPU, on_step=lambda s, t, loss=None: steps.append(s))
     assert "nan" in str(info.value).lower()
     assert steps == [1, 2]  # stopped at once: step 3 never reported as done
 
@@ -132,7 +132,7 @@ def test_train_runs_the_steps_and_moves_only_trainable_weights(loaded, data) -> 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     calls = []
     cfg = TrainConfig(learning_rate=1e-2, batch_size=16, epochs=2)
-    stats = train(model, data, cfg, CPU, on_step=lambda s, t: calls.append((s, t)))
+    stats = train(model, data, cfg, CPU, on_step=lambda s, t, loss=None: calls.append((s, t)))
     assert stats.steps == cfg.total_steps(48) == 6
     assert calls == [(s, 6) for s in range(1, 7)]
     assert len(stats.loss_curve) == 6 and stats.curve_every == 1

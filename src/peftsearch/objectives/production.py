@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from peftsearch.errors import TrialFailed, UserError
+from peftsearch.objectives.checkpoint import DEFAULT_EVERY, Checkpoint
 from peftsearch.objectives.load import label_scores, load_model, predict_texts
 
 FORMAT = "peftsearch-model/1"
@@ -96,7 +97,11 @@ def _check_provenance(config: Path, record: dict[str, Any]) -> None:
 
 
 def train_exported(
-    config: Path, epochs: int | None = None, to: Path | None = None, quiet: bool = False
+    config: Path,
+    epochs: int | None = None,
+    to: Path | None = None,
+    quiet: bool = False,
+    checkpoint_every: int = DEFAULT_EVERY,
 ) -> dict[str, Any]:
     """Train an exported configuration on the full train split; score it on the test split.
 
@@ -105,6 +110,9 @@ def train_exported(
         epochs: passes over the full train split instead of the config's (clears max_steps).
         to: where to save; default ``model/`` beside the config. It must not exist yet.
         quiet: no step progress on stderr.
+        checkpoint_every: write a checkpoint every N steps (and on Ctrl-C) beside ``to``
+            (``model.checkpoint/``), resumed by the same call; 0: none. Classifier heads
+            only: a verbalizer head trains in the search's engine, which has no checkpoints.
 
     Returns:
         metric name, test metric, validation metric, row counts, steps, seconds, saved path.
@@ -154,12 +162,23 @@ def train_exported(
         "max_length": space.model.max_length,
     }
     probe = [_as_text(r, space.data.text_columns) for r in splits.test.head(16).to_dict("records")]
-    on_step = None if quiet else _progress
-    train_fn = _train_classifier if space.lm_kind is None else _train_verbalizer
+    identity = {
+        "params": params,
+        "train_rows": len(splits.train),
+        "data_sha256": splits.record["sha256"],
+    }
+    ck = Checkpoint.beside(target, config, identity, checkpoint_every) if checkpoint_every else None
+    progress = None if quiet else TrainProgress()
     try:
-        trained = train_fn(space, params, splits, device, on_step, info, probe)
+        if space.lm_kind is None:
+            trained = _train_classifier(space, params, splits, device, progress, info, probe, ck)
+        else:
+            trained = _train_verbalizer(space, params, splits, device, progress, info, probe)
     except TrialFailed as exc:  # a non-finite loss, out of memory
         raise UserError(f"{config}: training failed: {exc}") from None
+    finally:
+        if progress is not None:
+            progress.close()
     info.update(trained.info)
     scores = {
         split: score(
@@ -202,6 +221,8 @@ def train_exported(
         "trained_at": time.time(),
     }
     _save(trained, info, record, target, probe, str(device), script)
+    if ck is not None:
+        ck.remove()  # the model is saved: nothing to resume
     summary["saved"] = str(target)
     return summary
 
@@ -221,10 +242,66 @@ class _Trained:
     info: dict[str, Any] = field(default_factory=dict)  # what inference.json adds for this head
 
 
-def _progress(step: int, total: int) -> None:
-    every = max(1, total // 10)
-    if total and (step % every == 0 or step == total):  # total 0: nothing trains (zero-shot)
-        print(f"step {step}/{total}", file=sys.stderr, flush=True)
+class TrainProgress:
+    """``search train``'s progress on stderr: a rich bar (step, train loss, elapsed, ETA) on a
+    terminal; otherwise (a log file, CI) one line per tenth of the run with the same fields."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._start = time.perf_counter()
+        self._first: int | None = None  # the first step this process ran (after a resume)
+
+    def __call__(self, step: int, total: int, loss: float | None = None) -> None:
+        if not total:  # nothing trains (zero-shot)
+            return
+        if self._first is None:
+            self._first, self._start = step - 1, time.perf_counter()
+        if sys.stderr.isatty():
+            self._rich(step, total, loss)
+            return
+        every = max(1, total // 10)
+        if step % every == 0 or step == total:
+            done = step - self._first
+            spent = time.perf_counter() - self._start
+            eta = spent / done * (total - step) if done else 0.0
+            shown = "-" if loss is None else f"{loss:.4f}"
+            print(
+                f"step {step}/{total}  loss {shown}  {spent:.0f} s, about {eta:.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _rich(self, step: int, total: int, loss: float | None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=total, completed=step - 1, loss="-")
+        shown = "-" if loss is None else f"{loss:.4f}"
+        self._bar.update(self._task, completed=step, loss=shown)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def _frozen_base(space: Any, device: Any) -> tuple[Any, Any, int]:
@@ -244,9 +321,10 @@ def _train_classifier(
     params: dict[str, Any],
     splits: Any,
     device: Any,
-    on_step: Callable[[int, int], None] | None,
+    on_step: Callable[..., None] | None,
     info: dict[str, Any],
     probe: list[str],
+    checkpoint: Checkpoint | None = None,
 ) -> _Trained:
     """A new classification head: peft's own model (:func:`~peftsearch.objectives.model.build`)
     trained by the plain loop; tests check that it trains as the search's engine does."""
@@ -289,7 +367,7 @@ def _train_classifier(
             weight.copy_(rows.to(weight.dtype))
     cfg = TrainConfig.from_params(params, seed)
     left = tokenizer.padding_side == "left"
-    stats = train(model, train_data, cfg, device, left, on_step)
+    stats = train(model, train_data, cfg, device, left, on_step, checkpoint)
     del train_data
     predictions = {}
     for split in ("validation", "test"):
@@ -316,7 +394,7 @@ def _train_verbalizer(
     params: dict[str, Any],
     splits: Any,
     device: Any,
-    on_step: Callable[[int, int], None] | None,
+    on_step: Callable[..., None] | None,
     info: dict[str, Any],
     probe: list[str],
 ) -> _Trained:

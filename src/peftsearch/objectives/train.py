@@ -147,15 +147,21 @@ def train(
     cfg: TrainConfig,
     device: Any,
     left_pad: bool = False,
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[..., None] | None = None,
+    checkpoint: Any = None,
 ) -> TrainStats:
     """Train ``model``'s trainable parameters in place.
 
     The loss is read back to the host every ``log_every`` steps only (each read is a GPU sync);
-    a NaN or infinite loss there stops the trial with :class:`TrialFailed`.
+    a NaN or infinite loss there stops the trial with :class:`TrialFailed`. ``on_step(step,
+    total, loss)``: ``loss`` is the last curve point. ``checkpoint``
+    (:class:`~peftsearch.objectives.checkpoint.Checkpoint`): resume from it if it holds a
+    state, write it every ``checkpoint.every`` steps and on Ctrl-C.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
+
+    from peftsearch.objectives import checkpoint as ckpt
 
     parts: dict[str, list[Any]] = {}
     for name, p in model.named_parameters():
@@ -171,24 +177,42 @@ def train(
     model.train()
     start, pending, curve = time.perf_counter(), [], []
     order = row_order(len(data), cfg)
-    for step in range(1, total + 1):
-        batch = batch_rows(data, next(order), device, left_pad)
-        with autocast(device):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        pending.append(loss.detach())
-        if step % log_every == 0 or step == total:
-            value = float(torch.stack(pending).float().mean())
-            pending.clear()
-            if not math.isfinite(value):
-                raise TrialFailed(f"train loss is {value} at step {step} of {total}; stopped")
-            curve.append(value)
-        if on_step is not None:
-            on_step(step, total)
+    done = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        ckpt.restore(state, model, opt, sched)
+        done, curve = state["step"], state["curve"]
+        pending = [torch.tensor(v) for v in state["pending"]]
+        for _ in range(done):  # the data order is the seed's: replay it to the step
+            next(order)
+        checkpoint.say(f"resuming from step {done} of {total} ({checkpoint.state_file})")
+    with ckpt.interrupts_at_step_end(checkpoint is not None) as stop:
+        for step in range(done + 1, total + 1):
+            batch = batch_rows(data, next(order), device, left_pad)
+            with autocast(device):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            pending.append(loss.detach())
+            if step % log_every == 0 or step == total:
+                value = float(torch.stack(pending).float().mean())
+                pending.clear()
+                if not math.isfinite(value):
+                    raise TrialFailed(f"train loss is {value} at step {step} of {total}; stopped")
+                curve.append(value)
+            if checkpoint is not None and step < total and (step % checkpoint.every == 0 or stop):
+                checkpoint.save(ckpt.train_state(model, opt, sched, step, curve, pending))
+            if stop and step < total:  # Ctrl-C: the step is whole and saved; now stop
+                checkpoint.say(
+                    f"\ninterrupted at step {step} of {total}; checkpoint saved to "
+                    f"{checkpoint.state_file}: the same command resumes from there"
+                )
+                raise KeyboardInterrupt
+            if on_step is not None:
+                on_step(step, total, curve[-1] if curve else None)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return TrainStats(total, time.perf_counter() - start, curve, log_every)
