@@ -52,6 +52,7 @@ from typing import Any
 from peftsearch.errors import TrialFailed, UserError
 from peftsearch.objectives.checkpoint import DEFAULT_EVERY, Checkpoint
 from peftsearch.objectives.load import label_scores, load_model, predict_texts
+from peftsearch.objectives.model_card import readme
 
 FORMAT = "peftsearch-model/1"
 
@@ -571,7 +572,7 @@ def _save(
         (tmp / "inference.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
         (tmp / "load.py").write_text(script, encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(info, record), encoding="utf-8")
+        (tmp / "README.md").write_text(readme(info, record), encoding="utf-8")
         _check_reload(trained.want, tmp, probe, device)
         mask = _umask()
         for path in tmp.rglob("*"):  # safetensors writes 0600; give every file the same mode
@@ -656,185 +657,6 @@ def _load_py_text() -> str:
     from peftsearch.objectives import load
 
     return Path(load.__file__).read_text(encoding="utf-8")
-
-
-_SNIPPET = {
-    "head": """\
-model = AutoModelForSequenceClassification.from_pretrained(DIR)  # base + trained head""",
-    "lora": """\
-torch.manual_seed(info["seed"])
-base = AutoModelForSequenceClassification.from_pretrained(
-    info["base_model"], num_labels=len(info["labels"]))
-model = PeftModel.from_pretrained(base, DIR)  # LoRA + the trained head (modules_to_save)""",
-    "prompt": """\
-torch.manual_seed(info["seed"])
-base = AutoModelForSequenceClassification.from_pretrained(
-    info["base_model"], num_labels=len(info["labels"]))
-model = PeftModel.from_pretrained(base, DIR)  # soft prompt + the trained head""",
-    "lora+prompt": """\
-torch.manual_seed(info["seed"])
-base = AutoModelForSequenceClassification.from_pretrained(
-    info["base_model"], num_labels=len(info["labels"]))
-# 1. the LoRA beneath the soft prompt (peft has no single config for both)
-base = inject_adapter_in_model(LoraConfig.from_pretrained(f"{DIR}/lora"), base)
-set_peft_model_state_dict(base, load_file(f"{DIR}/lora/adapter_model.safetensors"))
-# 2. the soft prompt and the trained head, the outer PeftModel
-model = PeftModel.from_pretrained(base, DIR)""",
-}
-
-
-def _readme(info: dict[str, Any], record: dict[str, Any]) -> str:
-    if info.get("head") == "verbalizer":
-        return _readme_verbalizer(info, record)
-    kind, name = info["kind"], record["metric"]
-    layout = {
-        "head": "a whole transformers model (`config.json`, `model.safetensors`): the base with "
-        "its trained classification head; a linear probe has no adapter.",
-        "lora": "a peft LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`); the "
-        "trained classification head is in it as `modules_to_save`.",
-        "prompt": "a peft prompt-tuning adapter (`adapter_config.json`, "
-        "`adapter_model.safetensors`): the soft prompt and, as `modules_to_save`, the trained "
-        "classification head.",
-        "lora+prompt": "two peft adapters. peft has no single config for LoRA and a soft prompt "
-        "together; training injected LoRA into the base (`inject_adapter_in_model`) and wrapped "
-        "that with a prompt-tuning `PeftModel`. So the top directory is the outer prompt-tuning "
-        "adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt + trained "
-        "head), and `lora/` the LoRA beneath it (`adapter_config.json`: its `LoraConfig`; "
-        "`adapter_model.safetensors`: `get_peft_model_state_dict` of the injected model).",
-    }[kind]
-    template = json.dumps(info["template"], ensure_ascii=False)
-    column = info["text_columns"][0]
-    render = (
-        f'text = info["template"].format({column}=raw_text)'
-        if isinstance(info["template"], str)
-        else "first, second = (s.format(**row) for s in info['template'])  # row: both columns"
-    )
-    return "\n".join(
-        [
-            "# A model trained by `search train`",
-            "",
-            f"{name} on the test split: **{record[f'test_{name}']:.4f}** ({record['test_rows']} "
-            f"rows the search never saw); validation {record[f'validation_{name}']:.4f}. Trained "
-            f"on the full train split ({record['train_rows']} rows, {record['train_steps']} "
-            f"steps), {record['trainable_params']:,} trainable parameters.",
-            "",
-            f"Base model: `{info['base_model']}`. Labels: {', '.join(info['labels'])}. "
-            f"Template: `{template}`, rendered on the input text before tokenizing.",
-            "",
-            f"## Layout ({kind})",
-            "",
-            f"This directory is {layout} Beside it: the tokenizer; `inference.json` (base "
-            "model, labels as `id2label`, template, text columns, max_length, seed); "
-            "`training.json` (test and validation scores, hyperparameters, the row numbers of "
-            "the train/validation/test splits); `load.py` (the loading code below, runnable).",
-            "",
-            "## Use it",
-            "",
-            "```bash",
-            "search predict DIR --text 'some text'     # with peftsearch",
-            "python DIR/load.py 'some text'            # transformers + peft only",
-            "```",
-            "",
-            "Plain transformers + peft, no peftsearch:",
-            "",
-            "```python",
-            "import json, torch",
-            "from peft import LoraConfig, PeftModel, inject_adapter_in_model, "
-            "set_peft_model_state_dict",
-            "from safetensors.torch import load_file",
-            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-            "",
-            'DIR = "path/to/this/dir"',
-            'info = json.load(open(f"{DIR}/inference.json"))',
-            "tokenizer = AutoTokenizer.from_pretrained(DIR)",
-            _SNIPPET[kind],
-            "model.eval()",
-            "",
-            "raw_text = 'some text'",
-            render,
-            'enc = tokenizer(text, truncation=True, max_length=info["max_length"], '
-            'return_tensors="pt")',
-            "with torch.no_grad():",
-            "    probs = model(**enc).logits.softmax(-1)[0]",
-            'print(info["labels"][int(probs.argmax())], probs.tolist())',
-            "```",
-            "",
-            "`torch.manual_seed(seed)` before loading the base makes any weight its checkpoint "
-            "lacks (besides the head, which is saved) start as it did in training.",
-            "",
-        ]
-    )
-
-
-def _readme_verbalizer(info: dict[str, Any], record: dict[str, Any]) -> str:
-    kind, name, lm = info["kind"], record["metric"], info["lm_kind"]
-    task = "CAUSAL_LM" if lm == "causal" else "FEATURE_EXTRACTION"
-    auto = "AutoModelForCausalLM" if lm == "causal" else "AutoModelForMaskedLM"
-    layout = {
-        "head": "no adapter: the base LM untrained, with the template and verbalizer below "
-        "(the zero-shot model; nothing was trained).",
-        "lora": f"a peft LoRA adapter (`adapter_config.json` with task type {task}, "
-        "`adapter_model.safetensors`).",
-        "prompt": "a peft prompt-tuning adapter (`adapter_config.json` with task type "
-        f"{task}, `adapter_model.safetensors`: the soft prompt).",
-        "lora+prompt": "two peft adapters (peft has no single config for both): the top "
-        "directory is the prompt-tuning adapter (the soft prompt), `lora/` the LoRA injected "
-        "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt).",
-    }[kind]
-    words = "; ".join(
-        f"{label}: {', '.join(json.dumps(w, ensure_ascii=False) for w in ws)}"
-        for label, ws in info["label_words"].items()
-    )
-    where = "after the template's end" if lm == "causal" else "at the `{mask}` slot"
-    template = json.dumps(info["template"], ensure_ascii=False)
-    return "\n".join(
-        [
-            "# A prompt-based model trained by `search train` (verbalizer head)",
-            "",
-            f"{name} on the test split: **{record[f'test_{name}']:.4f}** ({record['test_rows']} "
-            f"rows the search never saw); validation {record[f'validation_{name}']:.4f}. Trained "
-            f"on the full train split ({record['train_rows']} rows, {record['train_steps']} "
-            f"steps), {record['trainable_params']:,} trainable parameters; no classification "
-            "head: the base model's own LM head predicts.",
-            "",
-            f"Base model: `{info['base_model']}` ({lm} LM). Template: `{template}`. Verbalizer "
-            f"`{info['verbalizer']}`: {words}. A label's score is the mean, over its words, of "
-            f"the LM's log-probability of the word's first token {where}; the label "
-            "probabilities are the softmax of those scores (what training's cross-entropy saw).",
-            "",
-            f"## Layout ({kind})",
-            "",
-            f"This directory is {layout} Beside it: the tokenizer; `inference.json` (base model, "
-            "labels, template, the label words and their first-token ids, soft-prompt length, "
-            "padding side); `training.json` (scores, hyperparameters, the row numbers of the "
-            "splits); `load.py` (the loading and scoring code, runnable).",
-            "",
-            "## Use it",
-            "",
-            "```bash",
-            "search predict DIR --text 'some text'     # with peftsearch",
-            "python DIR/load.py 'some text'            # transformers + peft only",
-            "```",
-            "",
-            "In Python, with transformers + peft only:",
-            "",
-            "```python",
-            "import runpy",
-            'load = runpy.run_path("DIR/load.py")',
-            'model, tokenizer, info = load["load_model"]("DIR")',
-            'print(load["predict_texts"](model, tokenizer, info, ["some text"]))',
-            "```",
-            "",
-            f"`load_model` loads the base with `{auto}` and the adapters with "
-            "`PeftModel.from_pretrained` (LoRA beneath a soft prompt with "
-            "`inject_adapter_in_model` + `set_peft_model_state_dict`); `label_scores` puts the "
-            "soft prompt in front of the tokens and counts positions over real tokens only, as "
-            "training did. peft's own prompt-tuning forward numbers positions from the first "
-            "column, padding included, so with left padding it scores batches a little "
-            "differently: use `label_scores`, or one text at a time.",
-            "",
-        ]
-    )
 
 
 # -- prediction -----------------------------------------------------------------------------------
