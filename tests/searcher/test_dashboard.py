@@ -341,3 +341,28 @@ def test_the_storage_password_is_never_shown(write_space) -> None:
     assert proc.returncode == 2
     assert "s3cr3t-pw" not in proc.stdout + proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "***" in proc.stderr
+
+
+def test_the_study_note_names_the_front_and_the_pareto_figure_is_stored(study_space: Path) -> None:
+    """run_study writes them at its end; read back the way optuna-dashboard reads them."""
+    import json as _json
+
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    from peftsearch.reports.pareto import pareto_rows
+
+    space = load_space(study_space)
+    study = open_study(space, create=False)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    body = get_note_from_system_attrs(attrs, None)["body"]
+    assert "### Pareto front (accuracy against trainable parameters)" in body
+    assert "Trials: 3 complete." in body
+    for r in pareto_rows(study):
+        assert f"| {r['trial']}" in body and f"{r['trainable_params']:,}" in body
+    assert "(knee)" in body
+    chunks = [k for k in attrs if k.startswith("dashboard:plot_data:pareto:")]
+    figure = _json.loads(
+        "".join(attrs[k] for k in sorted(chunks, key=lambda k: int(k.rsplit(":", 1)[1])))
+    )
+    names = [trace.get("name") for trace in figure["data"]]
+    assert "Pareto-optimal" in names and any(str(n).startswith("knee") for n in names)

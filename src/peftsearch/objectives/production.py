@@ -129,6 +129,8 @@ def train_exported(
     from peftsearch.reports.export import kind_of
     from peftsearch.spaces import load_space, template_text
 
+    if checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be 0 (none) or more, got {checkpoint_every}")
     script = load_py()  # now, before a long training run: the source file can change later
     config = Path(config).expanduser().resolve()
     overrides = {"params.epochs": epochs, "params.max_steps": None} if epochs is not None else {}

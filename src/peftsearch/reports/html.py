@@ -163,6 +163,12 @@ def _box(inner: str) -> str:
 
 
 def _pareto_figure(info: ParetoInfo, metric: str) -> str:
+    return _figure_html(pareto_figure(info, metric), "fig-pareto")
+
+
+def pareto_figure(info: ParetoInfo, metric: str) -> Any:
+    """The front against trainable parameters (log scale), every trial, the knee starred: the
+    report's first figure, also stored for optuna-dashboard (``searcher/artifacts.py``)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -230,7 +236,7 @@ def _pareto_figure(info: ParetoInfo, metric: str) -> str:
         xaxis={"type": "log", "title": {"text": "trainable parameters (log scale)"}},
         yaxis={"title": {"text": pesc(metric)}},
     )
-    return _figure_html(fig, "fig-pareto")
+    return fig
 
 
 def _log10(x: float) -> float:

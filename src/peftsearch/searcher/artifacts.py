@@ -291,3 +291,62 @@ def upload_study_artifacts(
     except Exception as exc:
         note(f"study artifacts not stored ({type(exc).__name__}: {exc})")
     return done
+
+
+def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr) -> bool:
+    """The study's note and figure in optuna-dashboard: what was searched, the trials by state,
+    the Pareto front (trial, metric, parameters, template, prompt, rank) and its knee, and the
+    report's Pareto figure (graph object ``pareto``). Rewritten at the end of each run; user
+    text goes into Markdown table cells with ``|`` escaped (the dashboard renders no raw HTML).
+    Returns whether both were stored; a failure is reported through ``note``, never raised."""
+    try:
+        import optuna_dashboard
+
+        from peftsearch.reports.figures import pareto_info
+        from peftsearch.reports.html import pareto_figure
+        from peftsearch.reports.pareto import pareto_rows
+
+        metric = space.objectives.metric
+        rows = pareto_rows(study)
+        info = pareto_info(study)
+        states: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+
+        def cell(value: Any) -> str:
+            return str(value).replace("|", "\\|").replace("\n", " ")
+
+        searched = ", ".join(cell(n) for n in sorted(space.params or {}) if n) or "default space"
+        lines = [
+            f"## peftsearch: {cell(space.study_name)}",
+            "",
+            f"Model `{cell(space.model.path)}`; templates: "
+            + ", ".join(f"`{cell(n)}`" for n in space.templates)
+            + f"; searched: {searched}.",
+            "",
+            "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
+            "",
+            f"### Pareto front ({metric} against trainable parameters)",
+            "",
+            f"| trial | {cell(metric)} | trainable params | template | prompt | LoRA r |",
+            "|---:|---:|---:|---|---:|---:|",
+        ]
+        for r in rows:
+            star = " (knee)" if r["trial"] == info.knee else ""
+            lines.append(
+                f"| {r['trial']}{star} | {r['metric']:.4f} | {r['trainable_params']:,} | "
+                f"{cell(r['template'])} | {r['prompt_length']} | {r['lora_r']} |"
+            )
+        lines += [
+            "",
+            "The full report (`report.html`) and each front trial's exported config are this "
+            "study's artifacts; `search export --pick knee` writes the knee's.",
+        ]
+        optuna_dashboard.save_note(study, "\n".join(lines))
+        optuna_dashboard.save_plotly_graph_object(
+            study, pareto_figure(info, metric), graph_object_id="pareto"
+        )
+        return True
+    except Exception as exc:
+        note(f"dashboard note not stored ({type(exc).__name__}: {exc})")
+        return False

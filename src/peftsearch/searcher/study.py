@@ -33,7 +33,11 @@ from typing import Any, Literal
 
 from peftsearch.errors import SpaceError, TrialFailed, UserError
 from peftsearch.searcher import storage as storage_mod
-from peftsearch.searcher.artifacts import upload_study_artifacts, upload_trial_artifacts
+from peftsearch.searcher.artifacts import (
+    upload_study_artifacts,
+    upload_trial_artifacts,
+    write_dashboard_note,
+)
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.samplers import make_sampler
 from peftsearch.searcher.storage import (
@@ -908,4 +912,5 @@ def run_study(space: Space, runner: Any = None, show_progress: bool = True) -> R
     )
     outcome = finish(study, outcome)
     upload_study_artifacts(study, space, outcome.report)
+    write_dashboard_note(study, space)
     return outcome

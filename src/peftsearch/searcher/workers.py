@@ -32,7 +32,7 @@ from typing import Any
 
 from peftsearch.errors import UserError
 from peftsearch.reports.trials import front_trials
-from peftsearch.searcher.artifacts import upload_study_artifacts
+from peftsearch.searcher.artifacts import upload_study_artifacts, write_dashboard_note
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.samplers import make_sampler
 from peftsearch.searcher.storage import (
@@ -375,6 +375,7 @@ def run_workers(
     study = parent.study or open_study(child, create=False)
     finish(study, outcome)
     upload_study_artifacts(study, space, outcome.report)
+    write_dashboard_note(study, space)
     done = sum(map(counts_toward_budget, study.get_trials(deepcopy=False)))
     if done < n_trials and not outcome.interrupted and not outcome.stopped_by_timeout:
         raise WorkersFailed(
