@@ -160,6 +160,36 @@ class _Report:
         return 0
 
 
+class _Confirm:
+    help = "train the front's trials (or --trials N,M) again on other seeds; stored on the study"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _study_arguments(p)
+        p.add_argument("--trials", default="front", help="front (default) or trial numbers N,M,..")
+        p.add_argument("--seeds", type=int, default=3, help="extra seeds per trial (default 3)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    @staticmethod
+    def take_action(args: argparse.Namespace) -> int:
+        quiet_libraries()
+        from peftsearch.reports.confirmed import spearman
+        from peftsearch.searcher.confirm import run_confirm
+        from peftsearch.spaces import load_space
+
+        space = load_space(args.space, _space_overrides(args))
+        found = run_confirm(space, args.trials, args.seeds, show_progress=not args.no_progress)
+        metric = space.objectives.metric
+        print(f"trial  search {metric}  confirmed mean +- std (n)  trainable params")
+        for c in sorted(found.values(), key=lambda c: c.trainable):
+            spread = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})"
+            print(f"{c.trial:5d}  {c.search:.4f}  {spread}  {c.trainable:,}")
+        rho = spearman([c.search for c in found.values()], [c.mean for c in found.values()])
+        if rho is not None:
+            print(f"rank correlation, search score vs confirmed mean (Spearman): {rho:.2f}")
+        return 0
+
+
 class _Export:
     help = "write a chosen trial's config for production training"
 
@@ -281,6 +311,7 @@ COMMANDS: dict[str, Any] = {
     "validate": _Validate,
     "run": _Run,
     "report": _Report,
+    "confirm": _Confirm,
     "export": _Export,
     "train": _Train,
     "predict": _Predict,

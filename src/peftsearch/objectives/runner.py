@@ -185,8 +185,9 @@ class TrialRunner:
             )
         return self._engine
 
-    def add(self, key: Any, params: dict[str, Any]) -> None:
-        """Queue a trial in the engine (its adapters are built now: a bad target raises)."""
+    def add(self, key: Any, params: dict[str, Any], seed: int | None = None) -> None:
+        """Queue a trial in the engine (its adapters are built now: a bad target raises).
+        ``seed``: the trial's init, data order and dropout seed (default: the study's)."""
         import torch
 
         engine = self.engine
@@ -196,7 +197,7 @@ class TrialRunner:
         tokens = None
         if self.space.lm_kind is not None:
             tokens = self.label_tokens(params["verbalizer"])
-        seed = self.space.study.seed
+        seed = self.space.study.seed if seed is None else seed
         engine.add(
             key, params, train_data, eval_data, seed, tokens, rung_steps=self.rung_steps(params)
         )
@@ -342,8 +343,8 @@ class RunnerPack:
     def __len__(self) -> int:
         return len(self.engine)
 
-    def add(self, key: Any, params: dict[str, Any]) -> None:
-        self.runner.add(key, params)
+    def add(self, key: Any, params: dict[str, Any], seed: int | None = None) -> None:
+        self.runner.add(key, params, seed)
         self._params[key] = params
 
     def step(self) -> list[tuple[Any, TrialResult | BaseException]]:

@@ -327,6 +327,15 @@ def _readme(
             if dom
             else "."
         )
+    from peftsearch.reports.confirmed import confirmations
+
+    mine = confirmations(study).get(trial.number)
+    if mine is not None:
+        where += (
+            f" `search confirm` trained it on {mine.n - 1} more seed(s): {metric} "
+            f"{mine.mean:.4f} +- {mine.std:.4f} over {mine.n} runs (the search's one: "
+            f"{mine.search:.4f}); the picks rank confirmed trials by that mean."
+        )
     adapter = {
         "head": "none: the untrained LM scores the label words (the zero-shot model)"
         if lm_kind

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from peftsearch.reports.confirmed import confirmations
 from peftsearch.reports.pareto import pareto_rows
 from peftsearch.reports.select import pick_trial
 from peftsearch.reports.trials import DUPLICATE_ATTR, front_trials, trial_params
@@ -209,6 +210,7 @@ class ReportData:
     )
     step_curves: list[StepCurve] = field(default_factory=list)
     steps_history: StepsHistory = field(default_factory=lambda: StepsHistory([], [], (0.0, 1.0)))
+    confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.Confirmed
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -769,4 +771,5 @@ def compute_report(study: optuna.Study) -> ReportData:
         pruning=pruning_info(study),
         step_curves=step_curves(study),
         steps_history=hypervolume_by_steps(study),
+        confirmed=sorted(confirmations(study).values(), key=lambda c: (c.trainable, c.trial)),
     )

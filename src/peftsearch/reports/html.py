@@ -764,6 +764,39 @@ def _failures(s: Summary) -> str:
     return f'<table id="failures"><tr><th>trials</th><th>reason</th></tr>{rows}</table>'
 
 
+def _confirmed_section(confirmed: list[Any], metric: str) -> str:
+    from peftsearch.reports.confirmed import spearman
+
+    rows = "".join(
+        f'<tr><td class="num">{c.trial}</td><td class="num">{c.trainable:,}</td>'
+        f'<td class="num">{c.search:.4f}</td>'
+        f'<td class="num">{c.mean:.4f} &plusmn; {c.std:.4f}</td><td class="num">{c.n}</td>'
+        f'<td class="num">{c.mean - c.search:+.4f}</td></tr>'
+        for c in confirmed
+    )
+    table = (
+        '<table id="confirmed"><tr><th>trial</th><th>trainable params</th>'
+        f"<th>search {esc(metric)}</th><th>confirmed mean &plusmn; std</th><th>runs</th>"
+        f"<th>mean - search</th></tr>{rows}</table>"
+    )
+    rho = spearman([c.search for c in confirmed], [c.mean for c in confirmed])
+    said = (
+        f"<p>Rank correlation of the search's scores with the confirmed means (Spearman, "
+        f"{len(confirmed)} trials): <b>{rho:.2f}</b> (1: the search ranked them as the "
+        "confirmation does).</p>"
+        if rho is not None
+        else "<p>Fewer than three confirmed trials (or all tied): no rank correlation.</p>"
+    )
+    return _section(
+        "Confirmed",
+        table + said,
+        "<code>search confirm</code> trained these trials again on other seeds at the "
+        "search's own budget and validation rows. The mean and spread count the search's run "
+        "too; <code>search export --pick</code> ranks by these means where they exist.",
+        "confirmed",
+    )
+
+
 def render(data: ReportData) -> str:
     """The whole page as a string (plotly.js inlined once, in the head)."""
     from plotly.offline import get_plotlyjs
@@ -865,6 +898,8 @@ def render(data: ReportData) -> str:
             ),
             pruning,
         ]
+        if data.confirmed:
+            parts.insert(3, _confirmed_section(data.confirmed, metric))
         if data.curves:
             parts.append(
                 _section(

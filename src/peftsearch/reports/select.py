@@ -45,14 +45,25 @@ def knee_index(points: list[tuple[float, float]]) -> int:
 def pick_trial(study: Any, how: str, max_params: int | None = None) -> Any:
     """The FrozenTrial chosen by ``how`` (one of :data:`PICKS`) among the Pareto trials.
 
+    A trial confirmed on other seeds (``search confirm``) counts with its confirmed mean
+    instead of its single search score; the front's members stay the search's.
+
     Raises:
         ValueError: unknown ``how``, no completed trial, or none within ``max_params``.
     """
+    from peftsearch.reports.confirmed import confirmations
+
     front = _front(study)
+    confirmed = confirmations(study)
+
+    def score(t: Any) -> float:
+        c = confirmed.get(t.number)
+        return c.mean if c is not None else float(t.values[0])
+
     if how == "best":
-        return max(front, key=lambda t: (t.values[0], -t.values[1]))
+        return max(front, key=lambda t: (score(t), -t.values[1]))
     if how == "knee":
-        return front[knee_index([(t.values[1], t.values[0]) for t in front])]
+        return front[knee_index([(t.values[1], score(t)) for t in front])]
     if how == "max-params":
         if max_params is None:
             raise ValueError("--pick max-params needs a parameter budget P")
@@ -62,5 +73,5 @@ def pick_trial(study: Any, how: str, max_params: int | None = None) -> Any:
                 f"no Pareto trial has <= {max_params:,} trainable parameters; the smallest "
                 f"has {int(front[0].values[1]):,}"
             )
-        return max(within, key=lambda t: (t.values[0], -t.values[1]))
+        return max(within, key=lambda t: (score(t), -t.values[1]))
     raise ValueError(f"unknown pick {how!r}; valid: {', '.join(PICKS)}")
