@@ -109,6 +109,13 @@ def test_the_report_the_picks_and_the_export_use_the_confirmed_means(
     assert pick_trial(study, "best").number == best.number
     readme = (export_trial(study, best.number, tmp_path / "e") / "README.md").read_text("utf-8")
     assert "`search confirm` trained it on" in readme
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    note = get_note_from_system_attrs(attrs, None)["body"]
+    for c in confirmed.values():
+        assert f"{c.mean:.4f} +- {c.std:.4f} ({c.n})" in note
+    assert "Knee by confirmed means (`search export --pick knee`): trial " in note
 
 
 def test_bad_choices_are_refused_with_the_reason(space_file: Path) -> None:

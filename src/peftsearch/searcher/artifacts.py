@@ -317,6 +317,10 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
             return str(value).replace("|", "\\|").replace("\n", " ")
 
         searched = ", ".join(cell(n) for n in sorted(space.params or {}) if n) or "default space"
+        from peftsearch.reports.confirmed import confirmations
+        from peftsearch.reports.select import pick_trial
+
+        confirmed = confirmations(study)
         lines = [
             f"## peftsearch: {cell(space.study_name)}",
             "",
@@ -328,15 +332,21 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
             "",
             f"### Pareto front ({metric} against trainable parameters)",
             "",
-            f"| trial | {cell(metric)} | trainable params | template | prompt | LoRA r |",
-            "|---:|---:|---:|---|---:|---:|",
+            f"| trial | {cell(metric)} | confirmed mean +- std (runs) | trainable params "
+            "| template | prompt | LoRA r |",
+            "|---:|---:|---:|---:|---|---:|---:|",
         ]
         for r in rows:
             star = " (knee)" if r["trial"] == info.knee else ""
+            c = confirmed.get(r["trial"])
+            conf = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})" if c is not None else "-"
             lines.append(
-                f"| {r['trial']}{star} | {r['metric']:.4f} | {r['trainable_params']:,} | "
+                f"| {r['trial']}{star} | {r['metric']:.4f} | {conf} | {r['trainable_params']:,} | "
                 f"{cell(r['template'])} | {r['prompt_length']} | {r['lora_r']} |"
             )
+        if confirmed and rows:
+            knee = pick_trial(study, "knee").number
+            lines += ["", f"Knee by confirmed means (`search export --pick knee`): trial {knee}."]
         lines += [
             "",
             "The full report (`report.html`) and each front trial's exported config are this "

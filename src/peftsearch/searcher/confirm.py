@@ -116,5 +116,8 @@ def run_confirm(
                         }
                     study.set_user_attr(confirm_key(number, seed), value)
                     bar.advance(task)
+    from peftsearch.searcher.artifacts import write_dashboard_note
+
+    write_dashboard_note(study, space)  # the dashboard's note shows the confirmed means
     found = confirmations(study)
     return {t.number: found[t.number] for t in chosen if t.number in found}
