@@ -111,7 +111,8 @@ def keep_mask(
     xorshift, multiply in int32 (products wrap, as two's complement integers do on CPU and
     GPU): 8 elementwise ops per element, the mask's multiply included. Measured on a
     MiniLM-sized ``[32, 64, 384]`` tensor, 2 CPU cores, best of 7 x 20 calls: 1.8 ms; one
-    ``bernoulli_`` of that size (which would be one per trial) took 4.9 ms.
+    ``bernoulli_`` of that size (which would be one per trial) took 4.9-5.5 ms in an earlier
+    run on the same machine (not interleaved with this one; the VM's timings vary).
     ``tests/objectives/test_hooks.py`` checks the keep rate, independence and the bits."""
     n = shape[0]
     site_key = _mix((keys ^ (site * 0x45EBCA77 & M32)) & M32)  # [n]

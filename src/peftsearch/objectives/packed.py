@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from peftsearch.errors import TrialFailed
 from peftsearch.objectives import hooks as H
 from peftsearch.objectives.data import Encoded
-from peftsearch.objectives.hooks import lm_head_names, narrow_to  # noqa: F401 (re-exported)
+from peftsearch.objectives.hooks import lm_head_names
 from peftsearch.objectives.model import PeftPlan, head_names, lead_token, vocab_prompt
 from peftsearch.objectives.stack import PARTS, Field, Stack
 from peftsearch.objectives.train import (
