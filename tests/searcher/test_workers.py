@@ -296,7 +296,11 @@ def test_two_workers_tiny_model_on_postgres_and_no_password_anywhere(
     assert proc.returncode == 0, proc.stderr
     space = load_space(path)
     trials = _assert_exact(space, 4)
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
+    # Which worker takes which trial is the scheduler's business: a tiny-model trial takes well
+    # under a second, so one worker can finish all four before the other has imported torch (seen
+    # once in CI). Sharing is asserted by the FastRunner and SIGKILL tests; here only that the
+    # two workers at most took them.
+    assert 1 <= len({t.user_attrs["worker"]["pid"] for t in trials}) <= 2
     password = _password(postgres_url)
     texts = [proc.stdout, proc.stderr]
     for name in ("pareto.csv", "report.html", "splits.json"):
