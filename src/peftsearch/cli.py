@@ -168,6 +168,18 @@ class _Confirm:
         _study_arguments(p)
         p.add_argument("--trials", default="front", help="front (default) or trial numbers N,M,..")
         p.add_argument("--seeds", type=int, default=3, help="extra seeds per trial (default 3)")
+        p.add_argument(
+            "--budget",
+            choices=("search", "full"),
+            default="search",
+            help="search (default): the search's own budget and validation rows; full: as "
+            "`search train` (whole train split), scored on the validation and test splits",
+        )
+        p.add_argument(
+            "--epochs",
+            type=int,
+            help="with --budget full: passes over the train split instead of each trial's own",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     @staticmethod
@@ -178,8 +190,27 @@ class _Confirm:
         from peftsearch.spaces import load_space
 
         space = load_space(args.space, _space_overrides(args))
-        found = run_confirm(space, args.trials, args.seeds, show_progress=not args.no_progress)
+        found = run_confirm(
+            space,
+            args.trials,
+            args.seeds,
+            show_progress=not args.no_progress,
+            budget=args.budget,
+            epochs=args.epochs,
+        )
         metric = space.objectives.metric
+        if args.budget == "full":
+            print(
+                f"trial  search {metric}  full budget: validation mean +- std  "
+                "test mean +- std (n)  trainable params"
+            )
+            for f in sorted(found.values(), key=lambda c: c.trainable):
+                (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
+                print(
+                    f"{f.trial:5d}  {f.search:.4f}  {vm:.4f} +- {vs:.4f}  "
+                    f"{tm:.4f} +- {ts:.4f} ({f.n})  {f.trainable:,}"
+                )
+            return 0
         print(f"trial  search {metric}  confirmed mean +- std (n)  trainable params")
         for c in sorted(found.values(), key=lambda c: c.trainable):
             spread = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})"

@@ -79,6 +79,30 @@ def test_queued_trials_join_as_others_finish(runner: TrialRunner) -> None:
     assert 1 < packed[2].attrs["pack_size"] < 2  # joined late, alone at the end
 
 
+def test_a_slot_with_test_data_is_scored_on_it_as_a_twin_scored_there_as_eval(
+    runner: TrialRunner,
+) -> None:
+    """``test_data`` (``search confirm --budget full``): the finished trial is scored on it too;
+    a twin (same params, same seed, so the same training) whose eval data are those rows
+    gets the same predictions and loss."""
+    engine = runner.engine
+    p = MIXED[0]
+    train, held = runner.encoded(p["template"])
+    other = train  # other rows than the eval set (and 4x as many)
+    engine.capacity = 2
+    engine.add("tested", p, train, held, 5, test_data=other)
+    engine.add("twin", p, train, other, 5)
+    done = {}
+    while len(engine):
+        done.update({f.key: f for f in engine.step()})
+    tested, twin = done["tested"], done["twin"]
+    assert twin.test_result is None and tested.test_result is not None
+    assert tested.test_result.predictions == twin.result.predictions
+    assert tested.test_result.loss == pytest.approx(twin.result.loss, rel=1e-5)
+    assert len(tested.result.predictions) == len(held)
+    assert len(tested.test_result.predictions) == len(other) != len(held)
+
+
 def test_a_diverging_trial_fails_alone_and_its_neighbours_are_unharmed(
     runner: TrialRunner,
 ) -> None:

@@ -139,3 +139,115 @@ def test_cli_confirm_prints_each_trial(space_file: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "confirmed mean +- std (n)" in proc.stdout
     assert proc.stdout.splitlines()[1].split()[0] == "0"
+
+
+# -- --budget full ---------------------------------------------------------------------------
+
+
+def test_full_budget_trains_on_the_whole_train_split_and_scores_validation_and_test(
+    space_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import math
+
+    from peftsearch.objectives.data import load_splits
+    from peftsearch.reports.confirmed import full_confirmations
+    from peftsearch.reports.export import export_trial
+
+    # A smaller eval_size than the validation split (40 rows), so that "the whole split" shows;
+    # the full budget does not read train_size / eval_size at all.
+    space = load_space(space_file, {"data.eval_size": 20})
+    study = open_study(space, create=False)
+    knee_before = pick_trial(study, "knee").number
+    found = run_confirm(space, "0", seeds=1, show_progress=False, budget="full")
+    splits = load_splits(space)
+    stored = study.user_attrs[confirm_key(0, 2, "full")]
+    params = trial_params(study, study.trials[0])
+    per_epoch = math.ceil(len(splits.train) / params["batch_size"])
+    # The whole split, not the trial's train_size (160) / eval_size (60) subsample.
+    assert len(splits.train) > 160 and len(splits.validation) > 20
+    assert stored["train_steps"] == params["epochs"] * per_epoch
+    assert study.trials[0].user_attrs["train_steps"] < stored["train_steps"]
+    assert stored["eval_rows"] == len(splits.validation)
+    assert stored["test_rows"] == len(splits.test)
+    assert 0.0 <= stored["test_metric"] <= 1.0 and stored["epochs"] == params["epochs"]
+    f = found[0]
+    assert f.validation == {2: stored["metric"]} and f.test == {2: stored["test_metric"]}
+    assert full_confirmations(study)[0] == f
+
+    # The stored test metric is that configuration's, seed 2, scored on the test split.
+    check = TrialRunner(space, "full").pack(1)
+    check.add("check", params, 2)
+    done: list[Any] = []
+    while len(check):
+        done += check.step()
+    ((_, again),) = done
+    assert again.attrs["test_metric"] == stored["test_metric"]
+    assert again.metric == stored["metric"]
+
+    # --epochs: other runs under their own key, steps scale; a rerun trains nothing.
+    calls = _count_adds(monkeypatch)
+    run_confirm(space, "0", seeds=1, show_progress=False, budget="full", epochs=1)
+    e1 = study.user_attrs[confirm_key(0, 2, "full", 1)]
+    assert e1["train_steps"] == per_epoch and e1["epochs"] == 1 and len(calls) == 1
+    calls.clear()
+    run_confirm(space, "0", seeds=1, show_progress=False, budget="full")
+    run_confirm(space, "0", seeds=1, show_progress=False, budget="full", epochs=1)
+    assert calls == []
+
+    # Shown in the report, the dashboard note and the export README; the picks ignore them.
+    assert pick_trial(study, "knee").number == knee_before
+    page = write_report(study, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'id="confirmed-full"' in page
+    (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
+    assert f"{vm:.4f} &plusmn; {vs:.4f}" in page and f"{tm:.4f} &plusmn; {ts:.4f}" in page
+    readme = (export_trial(study, 0, tmp_path / "e") / "README.md").read_text("utf-8")
+    assert f"test {tm:.4f} +- {ts:.4f}" in readme
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    note = get_note_from_system_attrs(attrs, None)["body"]
+    assert f"{tm:.4f} +- {ts:.4f} | 1 |" in note
+
+
+def test_full_budget_arguments_are_checked(space_file: Path) -> None:
+    space = load_space(space_file)
+    with pytest.raises(UserError, match="only with --budget full"):
+        run_confirm(space, "0", seeds=1, show_progress=False, epochs=2)
+    with pytest.raises(UserError, match="--budget must be"):
+        run_confirm(space, "0", seeds=1, show_progress=False, budget="huge")
+
+
+def test_the_front_figure_has_error_bars_for_confirmed_trials(space_file: Path) -> None:
+    from peftsearch.reports.figures import compute_report
+    from peftsearch.reports.html import pareto_figure
+
+    space = load_space(space_file)
+    run_confirm(space, "front", seeds=1, show_progress=False)
+    study = open_study(space, create=False)
+    data = compute_report(study)
+    fig = pareto_figure(data.pareto, "accuracy", data.confirmed)
+    (trace,) = [t for t in fig.data if t.meta == "confirmed"]
+    want = {c.trial: c for c in confirmations(study).values()}
+    assert sorted(trace.customdata) == sorted(want)
+    for trial, y, err in zip(trace.customdata, trace.y, trace.error_y.array, strict=True):
+        assert y == pytest.approx(want[trial].mean) and err == pytest.approx(want[trial].std)
+    assert not [t for t in pareto_figure(data.pareto, "accuracy").data if t.meta == "confirmed"]
+
+
+def test_cli_confirm_full_budget_prints_validation_and_test(space_file: Path) -> None:
+    proc = run_cli(
+        "confirm",
+        str(space_file),
+        "--trials",
+        "0",
+        "--seeds",
+        "1",
+        "--budget",
+        "full",
+        "--epochs",
+        "1",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "validation mean +- std  test mean +- std (n)" in proc.stdout
+    assert proc.stdout.splitlines()[1].split()[0] == "0"

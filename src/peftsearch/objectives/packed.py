@@ -99,6 +99,9 @@ class Slot:
     pack_sizes: list[int] = field(default_factory=list)
     label_words: list[list[int]] | None = None  # verbalizer: each class's first-token ids
     rung_steps: list[int] = field(default_factory=list)  # evaluate (and maybe stop) there
+    test_data: Encoded | None = (
+        None  # also scored when it finishes (``search confirm --budget full``)
+    )
 
     @property
     def prompt_length(self) -> int:
@@ -140,6 +143,7 @@ class Finished:
     pack_size: float = 1.0  # mean number of trials trained together with this one (itself too)
     pruned: bool = False  # stopped at its last rung: ``result`` is that rung's evaluation
     planned_steps: int = 0  # the steps it would have trained to the end
+    test_result: EvalResult | None = None  # on the slot's ``test_data``, when it has some
 
 
 Part = tuple[list[tuple[Slot, int]], dict[str, Any]]  # slots owning consecutive rows, batch
@@ -245,10 +249,12 @@ class PackedEngine:
         label_tokens: list[list[int]] | None = None,
         queue: bool = True,
         rung_steps: list[int] | None = None,
+        test_data: Encoded | None = None,
     ) -> Slot:
         """Queue one trial. Its adapters are drawn from ``seed`` alone (same seed, same init,
         whatever else is in the engine). ``label_tokens``: with an LM head, each class's label
-        words as token ids (the first token of each word)."""
+        words as token ids (the first token of each word). ``test_data``: scored too when the
+        trial finishes (:attr:`Finished.test_result`), after ``eval_data``."""
         plan = PeftPlan.from_params(params)
         cfg = TrainConfig.from_params(params, seed)
         gen = torch.Generator().manual_seed(seed)
@@ -292,6 +298,7 @@ class PackedEngine:
             prompt=prompt,
             head=heads,
             trainable=0,
+            test_data=test_data,
         )
         slot.trainable = sum(p.numel() for p in slot.parameters())
         if self.lm_kind is not None:
@@ -325,6 +332,7 @@ class PackedEngine:
             slot.cfg.seed,
             slot.label_words,
             rung_steps=slot.rung_steps,
+            test_data=slot.test_data,
         )
 
     def score_untrained(
@@ -768,7 +776,12 @@ class PackedEngine:
         for s in ended:
             s.train_seconds = now - s.started
         results = self.evaluate(ended)
-        return [self._leave(s, results[s.key], pruned=False) for s in ended]
+        tested = [s for s in ended if s.test_data is not None]
+        tests = self.evaluate(tested, split="test") if tested else {}
+        out = [self._leave(s, results[s.key], pruned=False) for s in ended]
+        for f in out:
+            f.test_result = tests.get(f.key)
+        return out
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -783,14 +796,21 @@ class PackedEngine:
                 out.append(self._forward([(slot, batch)]).float().cpu())
         return torch.cat(out)
 
-    def evaluate(self, slots: list[Slot]) -> dict[Any, EvalResult]:
-        """Predictions (argmax) and mean cross-entropy of each slot on its eval data, all
-        slots in the same batches, each in sorted-length chunks of its eval batch size."""
+    def evaluate(self, slots: list[Slot], split: str = "eval") -> dict[Any, EvalResult]:
+        """Predictions (argmax) and mean cross-entropy of each slot on its eval data (``split``
+        "test": its ``test_data``), all slots in the same batches, each in sorted-length chunks
+        of its eval batch size."""
         start = time.perf_counter()
+        data_of: dict[Any, Encoded] = {}
+        for s in slots:
+            data = s.eval_data if split == "eval" else s.test_data
+            if data is None:
+                raise ValueError(f"slot {s.key!r} has no {split} data")
+            data_of[s.key] = data
         chunks = {}
         for s in slots:
             size = max(64, 2 * s.cfg.batch_size)
-            chunks[s.key] = torch.argsort(s.eval_data.lengths, descending=True).split(size)
+            chunks[s.key] = torch.argsort(data_of[s.key].lengths, descending=True).split(size)
         preds: dict[Any, list[Any]] = {s.key: [] for s in slots}
         loss_sum = {s.key: 0.0 for s in slots}
         sums: list[tuple[list[Slot], torch.Tensor]] = []
@@ -803,7 +823,7 @@ class PackedEngine:
                     parts: list[Part] = []
                     for s in slots:
                         if i < len(chunks[s.key]):
-                            b = self._batch(s.eval_data, chunks[s.key][i])
+                            b = self._batch(data_of[s.key], chunks[s.key][i])
                             parts.append(([(s, len(chunks[s.key][i]))], b))
                     logits, (seg, counts, _) = self._forward_parts(parts, training=False)
                     logits = logits.float()
@@ -824,8 +844,8 @@ class PackedEngine:
         out = {}
         for s in slots:
             order = torch.cat(list(chunks[s.key]))
-            ordered = torch.empty(len(s.eval_data), dtype=torch.long)
+            ordered = torch.empty(len(data_of[s.key]), dtype=torch.long)
             ordered[order] = torch.cat(preds[s.key])
-            loss = loss_sum[s.key] / max(1, len(s.eval_data))
+            loss = loss_sum[s.key] / max(1, len(data_of[s.key]))
             out[s.key] = EvalResult(ordered.tolist(), loss, seconds)
         return out

@@ -54,13 +54,26 @@ def versions() -> dict[str, str]:
     return out
 
 
+BUDGETS = ("search", "full")
+
+
 class TrialRunner:
-    """Runs trials of one space in this process; heavy state is built on first use."""
+    """Runs trials of one space in this process; heavy state is built on first use.
+
+    ``budget`` "search" (the searcher's): each trial trains on the ``data.train_size``
+    subsample and is scored on the ``data.eval_size`` validation rows, rungs included.
+    "full" (``search confirm --budget full``): it trains on the whole train split as
+    ``search train`` does, no rungs, and is scored on the whole validation split, then on
+    the test split (``attrs["test_metric"]``)."""
 
     supports_rungs = True  # run() and pack() take an on_rung hook (successive halving)
 
-    def __init__(self, space: Space) -> None:
+    def __init__(self, space: Space, budget: str = "search") -> None:
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         self.space = space
+        self.budget = budget
+        self._test: dict[str, Encoded] = {}
         self._splits: Splits | None = None
         self._base: Any = None
         self._tokenizer: Any = None
@@ -113,11 +126,16 @@ class TrialRunner:
             tmpl = spec.templates[template]
             args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
             mask = spec.lm_kind == "masked"
+            full = self.budget == "full"
+            train = self.splits.train if full else self.splits.trial_train
+            held = self.splits.validation if full else self.splits.trial_eval
             try:
                 self._cache[template] = (
-                    encode(self.splits.trial_train, tmpl, *args, mask=mask),
-                    encode(self.splits.trial_eval, tmpl, *args, mask=mask),
+                    encode(train, tmpl, *args, mask=mask),
+                    encode(held, tmpl, *args, mask=mask),
                 )
+                if full:
+                    self._test[template] = encode(self.splits.test, tmpl, *args, mask=mask)
             except MaskCutOff as exc:
                 raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
         return self._cache[template]
@@ -199,7 +217,14 @@ class TrialRunner:
             tokens = self.label_tokens(params["verbalizer"])
         seed = self.space.study.seed if seed is None else seed
         engine.add(
-            key, params, train_data, eval_data, seed, tokens, rung_steps=self.rung_steps(params)
+            key,
+            params,
+            train_data,
+            eval_data,
+            seed,
+            tokens,
+            rung_steps=self.rung_steps(params),
+            test_data=self._test.get(params["template"]),
         )
 
     def rung_steps(self, params: dict[str, Any]) -> list[int]:
@@ -208,15 +233,18 @@ class TrialRunner:
         from peftsearch.objectives.train import TrainConfig
 
         fractions = self.space.study.pruner.rungs()
-        if not fractions:
+        if not fractions or self.budget == "full":
             return []
         train_data = self.encoded(params["template"])[0]
         total = TrainConfig.from_params(params, self.space.study.seed).total_steps(len(train_data))
         return sorted({max(1, round(f * total)) for f in fractions} - {total})
 
-    def score_result(self, params: dict[str, Any], result: Any) -> float:
-        """The metric of an :class:`EvalResult` of a trial of ``params``."""
+    def score_result(self, params: dict[str, Any], result: Any, split: str = "eval") -> float:
+        """The metric of an :class:`EvalResult` of a trial of ``params`` (``split`` "test":
+        on the test split, full budget only)."""
         eval_data = self.encoded(params["template"])[1]
+        if split == "test":
+            eval_data = self._test[params["template"]]
         return float(
             score(
                 self._metric,
@@ -299,6 +327,14 @@ class TrialRunner:
         metric = self.score_result(params, result)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         trainable = done.trainable
+        tested: dict[str, Any] = {}
+        if done.test_result is not None:
+            tested = {
+                "test_metric": self.score_result(params, done.test_result, "test"),
+                "test_loss": done.test_result.loss,
+                "test_rows": len(done.test_result.predictions),
+                "eval_rows": len(result.predictions),
+            }
         return TrialResult(
             metric=metric,
             trainable_params=trainable,
@@ -321,6 +357,7 @@ class TrialRunner:
                 "seed": seed,
                 "versions": self._versions,
                 "timestamp": time.time(),
+                **tested,
             },
         )
 

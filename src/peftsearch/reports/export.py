@@ -327,8 +327,18 @@ def _readme(
             if dom
             else "."
         )
-    from peftsearch.reports.confirmed import confirmations
+    from peftsearch.reports.confirmed import confirmations, full_confirmations, full_epochs
 
+    for epochs in full_epochs(study):
+        full = full_confirmations(study, epochs).get(trial.number)
+        if full is None:
+            continue
+        (vm, vs), (tm, ts) = full.validation_mean_std, full.test_mean_std
+        passes = "its own epochs" if epochs is None else f"{epochs} epochs"
+        where += (
+            f" At the full budget (`search confirm --budget full`, {passes}, {full.n} seed(s)): "
+            f"validation {metric} {vm:.4f} +- {vs:.4f}, test {tm:.4f} +- {ts:.4f}."
+        )
     mine = confirmations(study).get(trial.number)
     if mine is not None:
         where += (

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from peftsearch.reports.confirmed import confirmations
+from peftsearch.reports.confirmed import confirmations, full_confirmations, full_epochs
 from peftsearch.reports.pareto import pareto_rows
 from peftsearch.reports.select import pick_trial
 from peftsearch.reports.trials import DUPLICATE_ATTR, front_trials, trial_params
@@ -211,6 +211,7 @@ class ReportData:
     step_curves: list[StepCurve] = field(default_factory=list)
     steps_history: StepsHistory = field(default_factory=lambda: StepsHistory([], [], (0.0, 1.0)))
     confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.Confirmed
+    full_confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.FullConfirmed
 
 
 def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -772,4 +773,11 @@ def compute_report(study: optuna.Study) -> ReportData:
         step_curves=step_curves(study),
         steps_history=hypervolume_by_steps(study),
         confirmed=sorted(confirmations(study).values(), key=lambda c: (c.trainable, c.trial)),
+        full_confirmed=[
+            f
+            for epochs in full_epochs(study)
+            for f in sorted(
+                full_confirmations(study, epochs).values(), key=lambda c: (c.trainable, c.trial)
+            )
+        ],
     )

@@ -162,13 +162,15 @@ def _box(inner: str) -> str:
     return f'<div class="figure">{inner}</div>'
 
 
-def _pareto_figure(info: ParetoInfo, metric: str) -> str:
-    return _figure_html(pareto_figure(info, metric), "fig-pareto")
+def _pareto_figure(info: ParetoInfo, metric: str, confirmed: list[Any] | None = None) -> str:
+    return _figure_html(pareto_figure(info, metric, confirmed), "fig-pareto")
 
 
-def pareto_figure(info: ParetoInfo, metric: str) -> Any:
+def pareto_figure(info: ParetoInfo, metric: str, confirmed: list[Any] | None = None) -> Any:
     """The front against trainable parameters (log scale), every trial, the knee starred: the
-    report's first figure, also stored for optuna-dashboard (``searcher/artifacts.py``)."""
+    report's first figure, also stored for optuna-dashboard (``searcher/artifacts.py``).
+    ``confirmed`` (:class:`~peftsearch.reports.confirmed.Confirmed`): each confirmed trial's
+    mean over its seeds with a +- 1 std error bar, beside its search score."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -202,6 +204,25 @@ def pareto_figure(info: ParetoInfo, metric: str) -> Any:
             hoverinfo="skip",
         )
     )
+    if confirmed:
+        fig.add_trace(
+            go.Scatter(
+                x=[c.trainable for c in confirmed],
+                y=[c.mean for c in confirmed],
+                error_y={"type": "data", "array": [c.std for c in confirmed], "visible": True},
+                customdata=[c.trial for c in confirmed],
+                hovertext=[
+                    f"trial {c.trial}<br>confirmed {pesc(metric)} {c.mean:.4f} \u00b1 "
+                    f"{c.std:.4f} ({c.n} seeds)<br>search {c.search:.4f}"
+                    for c in confirmed
+                ],
+                hoverinfo="text",
+                mode="markers",
+                name="confirmed mean \u00b1 std",
+                meta="confirmed",
+                marker={"symbol": "diamond-open", "size": 12, "color": KNEE},
+            )
+        )
     knee = next((p for p in info.points if p.trial == info.knee), None)
     if knee is not None:
         fig.add_trace(
@@ -764,8 +785,37 @@ def _failures(s: Summary) -> str:
     return f'<table id="failures"><tr><th>trials</th><th>reason</th></tr>{rows}</table>'
 
 
-def _confirmed_section(confirmed: list[Any], metric: str) -> str:
+def _full_table(full: list[Any], metric: str) -> str:
+    """The full-budget runs (``search confirm --budget full``): one row per trial and epochs."""
+    rows = []
+    for f in full:
+        (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
+        epochs = "the trial's" if f.epochs is None else str(f.epochs)
+        rows.append(
+            f'<tr><td class="num">{f.trial}</td><td class="num">{f.trainable:,}</td>'
+            f'<td class="num">{epochs}</td><td class="num">{f.search:.4f}</td>'
+            f'<td class="num">{vm:.4f} &plusmn; {vs:.4f}</td>'
+            f'<td class="num">{tm:.4f} &plusmn; {ts:.4f}</td><td class="num">{f.n}</td>'
+            f'<td class="num">{f.seconds / max(1, f.n):,.0f}</td></tr>'
+        )
+    return (
+        "<h3>At the full budget</h3>"
+        '<table id="confirmed-full"><tr><th>trial</th><th>trainable params</th><th>epochs</th>'
+        f"<th>search {esc(metric)}</th><th>validation mean &plusmn; std</th>"
+        f"<th>test mean &plusmn; std</th><th>runs</th><th>train s per run</th></tr>"
+        f"{''.join(rows)}</table>"
+        "<p>Trained as <code>search train</code> trains: the whole train split, the trial's "
+        "learning rates, warm-up and decay over the whole run; scored on the whole validation "
+        "split and the test split. These do not change the picks (a test score must not "
+        "choose the model).</p>"
+    )
+
+
+def _confirmed_section(confirmed: list[Any], metric: str, full: list[Any] | None = None) -> str:
     from peftsearch.reports.confirmed import spearman
+
+    if not confirmed:  # only full-budget runs
+        return _section("Confirmed", _full_table(full or [], metric), anchor="confirmed")
 
     rows = "".join(
         f'<tr><td class="num">{c.trial}</td><td class="num">{c.trainable:,}</td>'
@@ -789,10 +839,11 @@ def _confirmed_section(confirmed: list[Any], metric: str) -> str:
     )
     return _section(
         "Confirmed",
-        table + said,
+        table + said + (_full_table(full, metric) if full else ""),
         "<code>search confirm</code> trained these trials again on other seeds at the "
         "search's own budget and validation rows. The mean and spread count the search's run "
-        "too; <code>search export --pick</code> ranks by these means where they exist.",
+        "too; <code>search export --pick</code> ranks by these means where they exist. The "
+        "front figure shows them as open diamonds with &plusmn; 1 std error bars.",
         "confirmed",
     )
 
@@ -822,7 +873,7 @@ def render(data: ReportData) -> str:
         parts += [
             _section(
                 "Pareto front",
-                _box(_pareto_figure(data.pareto, metric)),
+                _box(_pareto_figure(data.pareto, metric, data.confirmed)),
                 f"Each dot is a completed trial: {esc(metric)} (up is better) against trainable "
                 "parameters on a log scale (left is cheaper). Red dots are Pareto-optimal (no "
                 "other trial beats them on one objective without losing on the other); grey "
@@ -898,8 +949,8 @@ def render(data: ReportData) -> str:
             ),
             pruning,
         ]
-        if data.confirmed:
-            parts.insert(3, _confirmed_section(data.confirmed, metric))
+        if data.confirmed or data.full_confirmed:
+            parts.insert(3, _confirmed_section(data.confirmed, metric, data.full_confirmed))
         if data.curves:
             parts.append(
                 _section(

@@ -317,7 +317,7 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
             return str(value).replace("|", "\\|").replace("\n", " ")
 
         searched = ", ".join(cell(n) for n in sorted(space.params or {}) if n) or "default space"
-        from peftsearch.reports.confirmed import confirmations
+        from peftsearch.reports.confirmed import confirmations, full_confirmations, full_epochs
         from peftsearch.reports.select import pick_trial
 
         confirmed = confirmations(study)
@@ -347,6 +347,22 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
         if confirmed and rows:
             knee = pick_trial(study, "knee").number
             lines += ["", f"Knee by confirmed means (`search export --pick knee`): trial {knee}."]
+        full = [f for e in full_epochs(study) for f in full_confirmations(study, e).values()]
+        if full:
+            lines += [
+                "",
+                "### At the full budget (`search confirm --budget full`)",
+                "",
+                f"| trial | epochs | validation {cell(metric)} mean +- std | test mean +- std "
+                "| runs | trainable params |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for f in sorted(full, key=lambda f: (f.trainable, f.trial, f.epochs or 0)):
+                (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
+                lines.append(
+                    f"| {f.trial} | {'own' if f.epochs is None else f.epochs} | {vm:.4f} +- "
+                    f"{vs:.4f} | {tm:.4f} +- {ts:.4f} | {f.n} | {f.trainable:,} |"
+                )
         lines += [
             "",
             "The full report (`report.html`) and each front trial's exported config are this "
@@ -354,7 +370,9 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
         ]
         optuna_dashboard.save_note(study, "\n".join(lines))
         optuna_dashboard.save_plotly_graph_object(
-            study, pareto_figure(info, metric), graph_object_id="pareto"
+            study,
+            pareto_figure(info, metric, sorted(confirmed.values(), key=lambda c: c.trainable)),
+            graph_object_id="pareto",
         )
         return True
     except Exception as exc:

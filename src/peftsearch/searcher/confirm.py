@@ -9,9 +9,17 @@ the search's own budget, through the same engine (packed by ``study.pack``).
 Each run's result is a study user attribute ``confirm:<trial>:<seed>`` (metric, eval loss,
 steps, seconds), written as soon as it finishes: a killed confirm loses only the runs in
 flight, the same command runs only what is missing, and every worker and host that opens the
-storage sees the results (report, export, optuna-dashboard). Only ``--budget search`` is
-built: a full-budget confirmation (``search train`` per trial and seed, scored on validation
-and test) is not.
+storage sees the results (report, export, optuna-dashboard).
+
+``--budget full`` trains each chosen trial and seed as ``search train`` would: the trial's
+configuration and learning rates, ``params.epochs`` passes (or ``--epochs``) over the WHOLE
+train split with the warm-up and linear decay stretched over the whole run, no rungs; it scores
+the whole validation split and then the test split. Those runs are stored under
+``confirm-full:<trial>:<seed>`` (``confirm-full-e<E>:...`` with ``--epochs E``), validation
+and test metric, and shown beside the search-budget ones. The picks do not use them: a test
+score must not choose the model, and a validation score at another budget is not comparable
+with the other trials' search scores. They are the check that the rates tuned at the search
+budget still hold at the production budget, which the search itself never trains at.
 """
 
 from __future__ import annotations
@@ -20,7 +28,11 @@ import sys
 from typing import Any
 
 from peftsearch.errors import UserError
-from peftsearch.reports.confirmed import Confirmed, confirm_key, confirmations
+from peftsearch.reports.confirmed import (
+    confirm_key,
+    confirmations,
+    full_confirmations,
+)
 from peftsearch.spaces import Space
 
 
@@ -49,10 +61,21 @@ def _chosen(study: Any, trials: str) -> list[Any]:
 
 
 def run_confirm(
-    space: Space, trials: str = "front", seeds: int = 3, show_progress: bool = True
-) -> dict[int, Confirmed]:
+    space: Space,
+    trials: str = "front",
+    seeds: int = 3,
+    show_progress: bool = True,
+    budget: str = "search",
+    epochs: int | None = None,
+) -> dict[int, Any]:
     """Train each chosen trial on ``seeds`` extra seeds (skipping runs already stored) and
-    store each result on the study as it finishes; returns the confirmations of the chosen."""
+    store each result on the study as it finishes; returns the confirmations of the chosen
+    (:class:`~peftsearch.reports.confirmed.Confirmed` at the search budget,
+    :class:`~peftsearch.reports.confirmed.FullConfirmed` at the full one).
+
+    ``epochs`` (full budget only): passes over the train split instead of each trial's own
+    ``params.epochs`` (its ``max_steps`` cleared), stored with each run; runs of another
+    ``epochs`` are other runs."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -69,27 +92,39 @@ def run_confirm(
 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if budget not in ("search", "full"):
+        raise UserError(f"--budget must be 'search' or 'full', got {budget!r}")
+    if epochs is not None and (budget != "full" or epochs < 1):
+        raise UserError(f"--epochs {epochs}: only with --budget full, and at least 1")
     study = open_study(space, create=False)
     chosen = _chosen(study, trials)
     have = set(study.user_attrs)
     base = space.study.seed
+
+    def key(number: int, seed: int) -> str:
+        return confirm_key(number, seed, budget, epochs)
+
     todo = [
         (t.number, base + i)
         for t in chosen
         for i in range(1, seeds + 1)
-        if confirm_key(t.number, base + i) not in have
+        if key(t.number, base + i) not in have
     ]
     done_before = len(chosen) * seeds - len(todo)
     if done_before:
         print(f"{done_before} run(s) already stored: not run again", file=sys.stderr)
     if todo:
         params_of = {t.number: trial_params(study, t) for t in chosen}
-        runner = TrialRunner(space)
+        if epochs is not None:
+            params_of = {
+                n: {**p, "epochs": epochs, "max_steps": None} for n, p in params_of.items()
+            }
+        runner = TrialRunner(space, budget)
         runner.setup()
         pack = runner.pack(pack_size(space))
         queue = list(todo)
         bar = Progress(
-            TextColumn("confirming"),
+            TextColumn("confirming" if budget == "search" else "confirming (full budget)"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -114,10 +149,21 @@ def run_confirm(
                             "train_steps": result.attrs.get("train_steps"),
                             "train_seconds": result.attrs.get("train_seconds"),
                         }
-                    study.set_user_attr(confirm_key(number, seed), value)
+                        if budget == "full":
+                            value.update(
+                                test_metric=result.attrs["test_metric"],
+                                test_loss=result.attrs["test_loss"],
+                                eval_rows=result.attrs["eval_rows"],
+                                test_rows=result.attrs["test_rows"],
+                                epochs=params_of[number]["epochs"],
+                            )
+                    study.set_user_attr(key(number, seed), value)
                     bar.advance(task)
     from peftsearch.searcher.artifacts import write_dashboard_note
 
     write_dashboard_note(study, space)  # the dashboard's note shows the confirmed means
+    if budget == "full":
+        full = full_confirmations(study, epochs)
+        return {t.number: full[t.number] for t in chosen if t.number in full}
     found = confirmations(study)
     return {t.number: found[t.number] for t in chosen if t.number in found}
