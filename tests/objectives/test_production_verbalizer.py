@@ -234,3 +234,39 @@ def test_a_save_that_does_not_reproduce_the_model_is_refused(trained, monkeypatc
         train_exported(config, to=to, quiet=True)
     assert not to.exists()
     assert not [p for p in to.parent.iterdir() if p.name.startswith(".broken")]
+
+
+def test_a_crashed_verbalizer_run_resumes_to_the_same_model(
+    trained, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The engine's snapshot of its one slot is the checkpoint: LoRA beneath a soft prompt
+    (every kind of trained tensor), crashed at step 13, resumed from step 10, bit for bit."""
+    if trained["lm"] != "causal" or "distilbert" in str(trained["root"]):
+        pytest.skip("one LM is enough: the checkpoint is the engine's, whatever the model")
+    from peftsearch.objectives.packed import PackedEngine
+    from tests.objectives.test_checkpoint import _same_model
+
+    config = trained["lora+prompt"].parent / "config.yaml"
+    ref = train_exported(config, epochs=2, to=tmp_path / "ref", quiet=True, checkpoint_every=5)
+    assert not (tmp_path / "ref.checkpoint").exists()
+    real, calls = PackedEngine._optimizer_step, []
+
+    def crash_at_step_13(self: Any, active: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 13:
+            raise RuntimeError("simulated crash")
+        return real(self, active)
+
+    monkeypatch.setattr(PackedEngine, "_optimizer_step", crash_at_step_13)
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_exported(config, epochs=2, to=target, quiet=True, checkpoint_every=5)
+    assert (tmp_path / "model.checkpoint" / "state.pt").is_file() and not target.exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    again = train_exported(config, epochs=2, to=target, quiet=True, checkpoint_every=5)
+    total = ref["train_steps"]
+    assert f"resuming from step 10 of {total}" in capsys.readouterr().err and total > 13
+    assert again["test_accuracy"] == ref["test_accuracy"]
+    _same_model(target, tmp_path / "ref")
+    assert not (tmp_path / "model.checkpoint").exists()

@@ -112,8 +112,8 @@ def train_exported(
         to: where to save; default ``model/`` beside the config. It must not exist yet.
         quiet: no step progress on stderr.
         checkpoint_every: write a checkpoint every N steps (and on Ctrl-C) beside ``to``
-            (``model.checkpoint/``), resumed by the same call; 0: none. Classifier heads
-            only: a verbalizer head trains in the search's engine, which has no checkpoints.
+            (``model.checkpoint/``), resumed by the same call; 0: none. Both heads: a
+            verbalizer head's checkpoint is the search engine's snapshot of its one slot.
 
     Returns:
         metric name, test metric, validation metric, row counts, steps, seconds, saved path.
@@ -176,7 +176,7 @@ def train_exported(
         if space.lm_kind is None:
             trained = _train_classifier(space, params, splits, device, progress, info, probe, ck)
         else:
-            trained = _train_verbalizer(space, params, splits, device, progress, info, probe)
+            trained = _train_verbalizer(space, params, splits, device, progress, info, probe, ck)
     except TrialFailed as exc:  # a non-finite loss, out of memory
         raise UserError(f"{config}: training failed: {exc}") from None
     finally:
@@ -400,10 +400,14 @@ def _train_verbalizer(
     on_step: Callable[..., None] | None,
     info: dict[str, Any],
     probe: list[str],
+    checkpoint: Checkpoint | None = None,
 ) -> _Trained:
     """The LM's own head scores label words: trained by the search's engine with one slot
-    (the same loop, dropout and scoring as its trials), then written as plain peft adapters."""
+    (the same loop, dropout and scoring as its trials), then written as plain peft adapters.
+    ``checkpoint``: the engine's :meth:`~PackedEngine.snapshot` of the slot, written and
+    resumed as the classifier's loop does (every N steps, on Ctrl-C)."""
     from peftsearch.errors import SpaceError
+    from peftsearch.objectives import checkpoint as ckpt
     from peftsearch.objectives.data import MaskCutOff, encode, label_token_ids
     from peftsearch.objectives.packed import PackedEngine
 
@@ -429,10 +433,25 @@ def _train_verbalizer(
     engine = PackedEngine(base, device, left, lm_kind=space.lm_kind, special_ids=special)
     try:
         slot = engine.add("train", params, data["train"], data["validation"], seed, words)
-        while not (finished := engine.step()):
-            if on_step is not None:
-                for _, step, total in engine.progress():
-                    on_step(step, total)
+        state = checkpoint.load() if checkpoint is not None else None
+        if checkpoint is not None and state is not None:
+            engine.resume(slot.key, state)
+            checkpoint.say(
+                f"resuming from step {slot.step} of {slot.total} ({checkpoint.state_file})"
+            )
+        with ckpt.interrupts_at_step_end(checkpoint is not None) as stop:
+            while not (finished := engine.step()):
+                step, total = slot.step, slot.total
+                if checkpoint is not None and (step % checkpoint.every == 0 or stop):
+                    checkpoint.save(engine.snapshot(slot.key))
+                if checkpoint is not None and stop:
+                    checkpoint.say(
+                        f"\ninterrupted at step {step} of {total}; checkpoint saved to "
+                        f"{checkpoint.state_file}: the same command resumes from there"
+                    )
+                    raise KeyboardInterrupt
+                if on_step is not None:
+                    on_step(step, total, slot.curve[-1] if slot.curve else None)
         (done,) = finished
         if done.error is not None:
             raise done.error
