@@ -251,3 +251,15 @@ def test_cli_confirm_full_budget_prints_validation_and_test(space_file: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert "validation mean +- std  test mean +- std (n)" in proc.stdout
     assert proc.stdout.splitlines()[1].split()[0] == "0"
+
+
+def test_the_progress_bar_counts_training_steps_and_runs(space_file: Path, capsys) -> None:
+    space = load_space(space_file)
+    study = open_study(space, create=False)
+    runner = TrialRunner(space, "full")
+    params = trial_params(study, study.trials[1])
+    want = 2 * runner.total_steps({**params, "epochs": 2, "max_steps": None})
+    capsys.readouterr()
+    run_confirm(space, "1", seeds=2, show_progress=True, budget="full", epochs=2)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{want}/{want} steps, 2/2 runs" in err, err[-400:]

@@ -227,6 +227,13 @@ class TrialRunner:
             test_data=self._test.get(params["template"]),
         )
 
+    def total_steps(self, params: dict[str, Any]) -> int:
+        """The optimizer steps a trial of ``params`` trains at this runner's budget."""
+        from peftsearch.objectives.train import TrainConfig
+
+        train_data = self.encoded(params["template"])[0]
+        return TrainConfig.from_params(params, self.space.study.seed).total_steps(len(train_data))
+
     def rung_steps(self, params: dict[str, Any]) -> list[int]:
         """The steps at which a trial of ``params`` reaches the pruner's rungs (fractions of
         its own total steps; none without a pruner)."""

@@ -123,22 +123,37 @@ def run_confirm(
         runner.setup()
         pack = runner.pack(pack_size(space))
         queue = list(todo)
+        # The bar counts training steps (a full-budget run is minutes on a CPU), the runs
+        # finished beside it.
+        planned = {(n, sd): runner.total_steps(params_of[n]) for n, sd in todo}
+        seen = dict.fromkeys(planned, 0)
         bar = Progress(
             TextColumn("confirming" if budget == "search" else "confirming (full budget)"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("steps, {task.fields[runs]}/" + f"{len(todo)} runs"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
             disable=not show_progress,
         )
         with bar:
-            task = bar.add_task("confirm", total=len(todo))
+            task = bar.add_task("confirm", total=sum(planned.values()), runs=0)
+            finished = 0
             while queue or len(pack):
                 while queue and len(pack) < pack.capacity:
                     number, seed = queue.pop(0)
                     pack.add((number, seed), params_of[number], seed)
-                for (number, seed), result in pack.step():
+                ended = pack.step()
+                for run, step, _ in pack.progress():
+                    bar.advance(task, step - seen[run])
+                    seen[run] = step
+                for run, _ in ended:  # its steps all count, whether it finished or failed
+                    bar.advance(task, planned[run] - seen[run])
+                    seen[run] = planned[run]
+                finished += len(ended)
+                bar.update(task, runs=finished)
+                for (number, seed), result in ended:
                     if isinstance(result, BaseException):
                         print(f"trial {number} seed {seed} failed: {result}", file=sys.stderr)
                         value: dict[str, Any] = {"metric": float("nan"), "error": str(result)}
@@ -158,7 +173,6 @@ def run_confirm(
                                 epochs=params_of[number]["epochs"],
                             )
                     study.set_user_attr(key(number, seed), value)
-                    bar.advance(task)
     from peftsearch.searcher.artifacts import write_dashboard_note
 
     write_dashboard_note(study, space)  # the dashboard's note shows the confirmed means
