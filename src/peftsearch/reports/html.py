@@ -815,7 +815,7 @@ def _confirmed_section(confirmed: list[Any], metric: str, full: list[Any] | None
     from peftsearch.reports.confirmed import spearman
 
     if not confirmed:  # only full-budget runs
-        return _section("Confirmed", _full_table(full or [], metric), anchor="confirmed")
+        return _section("Confirmed", _full_table(full or [], metric), anchor="confirmation")
 
     rows = "".join(
         f'<tr><td class="num">{c.trial}</td><td class="num">{c.trainable:,}</td>'
@@ -844,7 +844,7 @@ def _confirmed_section(confirmed: list[Any], metric: str, full: list[Any] | None
         "search's own budget and validation rows. The mean and spread count the search's run "
         "too; <code>search export --pick</code> ranks by these means where they exist. The "
         "front figure shows them as open diamonds with &plusmn; 1 std error bars.",
-        "confirmed",
+        "confirmation",
     )
 
 
