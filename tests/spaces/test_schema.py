@@ -859,3 +859,42 @@ def test_cli_validate_renders_each_template_on_a_real_row(
     assert shown["plain"] in texts
     assert shown["review"] == f"review : {shown['plain']}"
     assert not (tmp_path / "out").exists()  # validate trains nothing and writes no study
+
+
+def test_cli_validate_says_how_many_rows_truncation_cuts_and_which_template_words_go(
+    write_space, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Issue 14, part 1 (the measurement only): the whole rendered string is cut, so a
+    template's words after the text go on every row longer than max_length."""
+    from transformers import AutoTokenizer
+
+    templates = {"plain": "{text}", "review": "{text} review : good or bad"}
+    path = write_space(model={"path": str(tiny_model), "max_length": 8}, templates=templates)
+    proc = run_cli("validate", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = {
+        ast.literal_eval(line.split()[1].rstrip(":")): line
+        for line in proc.stdout.splitlines()
+        if line.startswith("truncation ")
+    }
+    space = load_space(path)
+    from peftsearch.objectives.data import load_splits
+
+    train = load_splits(space).train
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for name, template in templates.items():
+        texts = [template.replace("{text}", t) for t in train["text"]]
+        lengths = [len(x) for x in tok(texts)["input_ids"]]
+        over = [n - 8 for n in lengths if n > 8]
+        if name == "plain" and not over:
+            assert "no train row is longer than model.max_length 8" in lines[name]
+            continue
+        assert over, "the test needs rows over max_length"
+        want = f"{len(over):,} of {len(train):,} train rows"
+        assert want in lines[name], lines[name]
+        import statistics
+
+        mean, median = sum(over) / len(over), statistics.median(over)
+        assert f"(tokens cut: mean {mean:.1f}, median {median:g}, max {max(over):,})" in lines[name]
+    assert "the template's own words 'review : good or bad' are cut too" in lines["review"]
+    assert "own words" not in lines["plain"]

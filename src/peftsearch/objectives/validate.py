@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import string
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,38 @@ def _max_prompt_length(space: Space) -> int:
     if isinstance(spec, IntDist):
         return spec.high
     return int(spec)
+
+
+def _edge_words(template: Any, side: str) -> str:
+    """The template's literal words a truncation on ``side`` reaches first: after its last
+    field (``right``, the default) or before its first (``left``)."""
+    seg = template if isinstance(template, str) else template[-1 if side == "right" else 0]
+    parts = list(string.Formatter().parse(seg))
+    if side == "right":
+        literal, field = parts[-1][0], parts[-1][1]
+        return literal if field is None else ""
+    return parts[0][0] if parts else ""
+
+
+def cut_rows(
+    template: Any, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
+) -> tuple[list[int], str]:
+    """How ``model.max_length`` truncation treats ``template`` on ``rows`` (the whole
+    rendered string is tokenized and cut, as training does): the rows longer than
+    max_length, the mean tokens cut from them, and the template's literal words the cut
+    reaches first (lost, at least partly, on every cut row; "" when the text is at that edge).
+    Returns the tokens cut from each cut row and those words."""
+    rendered = [render(template, r) for r in rows]
+    if not rendered:
+        return [], ""
+    if isinstance(rendered[0], tuple):
+        first, second = zip(*rendered, strict=True)
+        ids = tokenizer(list(first), list(second), truncation=False, verbose=False)["input_ids"]
+    else:
+        ids = tokenizer(rendered, truncation=False, verbose=False)["input_ids"]
+    over = [len(x) - max_length for x in ids if len(x) > max_length]
+    side = getattr(tokenizer, "truncation_side", "right")
+    return over, _edge_words(template, side)
 
 
 def check_space(space: Space) -> Iterator[str]:
@@ -82,4 +116,26 @@ def check_space(space: Space) -> Iterator[str]:
         n = len(tokenizer(*pair, truncation=True, max_length=space.model.max_length)["input_ids"])
         shown = " ||| ".join(pair) if pair[1] is not None else pair[0]
         yield f"template {name!r} ({n} tokens on train row 0): {shown[:200]!r}"
+    rows = splits.train[space.data.text_columns].to_dict("records")
+    if space.lm_kind == "masked":
+        rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
+    max_length = space.model.max_length
+    for name, template in space.templates.items():
+        over, edge = cut_rows(template, rows, tokenizer, max_length)
+        cut = len(over)
+        if not cut:
+            yield f"truncation {name!r}: no train row is longer than model.max_length {max_length}"
+            continue
+        line = (
+            f"truncation {name!r}: {cut:,} of {len(rows):,} train rows "
+            f"({100 * cut / len(rows):.0f} %) are longer than model.max_length {max_length} "
+            f"and are cut (tokens cut: mean {sum(over) / cut:.1f}, median "
+            f"{statistics.median(over):g}, max {max(over):,})"
+        )
+        if edge.strip():
+            line += (
+                f"; on them the template's own words {edge.strip()!r} are cut too, so "
+                "templates that differ only there are the same on those rows"
+            )
+        yield line
     yield f"{file}: ok (nothing trained, nothing written)"
