@@ -31,6 +31,18 @@ model = PeftModel.from_pretrained(base, DIR)""",
 }
 
 
+# Both READMEs (classifier and verbalizer) open their "Use it" section with these lines.
+_USE_IT = [
+    "## Use it",
+    "",
+    "```bash",
+    "search predict DIR --text 'some text'     # with peftsearch",
+    "python DIR/load.py 'some text'            # transformers + peft only",
+    "```",
+    "",
+]
+
+
 def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
     if info.get("head") == "verbalizer":
         return _readme_verbalizer(info, record)
@@ -76,13 +88,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
             "`training.json` (test and validation scores, hyperparameters, the row numbers of "
             "the train/validation/test splits); `load.py` (the loading code below, runnable).",
             "",
-            "## Use it",
-            "",
-            "```bash",
-            "search predict DIR --text 'some text'     # with peftsearch",
-            "python DIR/load.py 'some text'            # transformers + peft only",
-            "```",
-            "",
+            *_USE_IT,
             "Plain transformers + peft, no peftsearch:",
             "",
             "```python",
@@ -157,13 +163,7 @@ def _readme_verbalizer(info: dict[str, Any], record: dict[str, Any]) -> str:
             "padding side); `training.json` (scores, hyperparameters, the row numbers of the "
             "splits); `load.py` (the loading and scoring code, runnable).",
             "",
-            "## Use it",
-            "",
-            "```bash",
-            "search predict DIR --text 'some text'     # with peftsearch",
-            "python DIR/load.py 'some text'            # transformers + peft only",
-            "```",
-            "",
+            *_USE_IT,
             "In Python, with transformers + peft only:",
             "",
             "```python",

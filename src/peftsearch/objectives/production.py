@@ -276,26 +276,10 @@ class TrainProgress:
             )
 
     def _rich(self, step: int, total: int, loss: float | None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from peftsearch.logs import step_bar
 
         if self._bar is None:
-            self._bar = Progress(
-                TextColumn("training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+            self._bar = step_bar("training", "loss {task.fields[loss]}")
             self._bar.start()
             self._task = self._bar.add_task("train", total=total, completed=step - 1, loss="-")
         shown = "-" if loss is None else f"{loss:.4f}"

@@ -77,22 +77,31 @@ def confirm_key(trial: int, seed: int, budget: str = "search", epochs: int | Non
     return f"{prefix}{trial}:{seed}"
 
 
+def _stored_runs(study: Any, prefix: str) -> list[tuple[Any, dict[int, dict[str, Any]]]]:
+    """The runs stored under ``prefix`` that scored, per trial that has values:
+    ``(frozen trial, {seed: stored dict})``. A failed run is stored (not retried) but has no
+    score, so it is left out."""
+    runs: dict[int, dict[int, dict[str, Any]]] = {}
+    for key, value in study.user_attrs.items():
+        if not key.startswith(prefix) or not isinstance(value, dict) or "error" in value:
+            continue
+        trial, seed = (int(x) for x in key[len(prefix) :].split(":"))
+        runs.setdefault(trial, {})[seed] = value
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    return [
+        (trials[n], by_seed)
+        for n, by_seed in runs.items()
+        if n in trials and trials[n].values is not None
+    ]
+
+
 def confirmations(study: Any) -> dict[int, Confirmed]:
     """Every trial with at least one confirming run, read from the storage. The mean and std
     count the search's own run too (seed ``study.seed``): n = 1 + extra seeds."""
-    runs: dict[int, dict[int, float]] = {}
-    for key, value in study.user_attrs.items():
-        if not key.startswith(PREFIX) or not isinstance(value, dict) or "error" in value:
-            continue  # a failed run is stored (not retried) but has no score
-        trial, seed = (int(x) for x in key[len(PREFIX) :].split(":"))
-        runs.setdefault(trial, {})[seed] = float(value["metric"])
     out = {}
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for number, by_seed in runs.items():
-        t = trials.get(number)
-        if t is None or t.values is None:
-            continue
-        out[number] = Confirmed(number, float(t.values[0]), int(t.values[1]), by_seed)
+    for t, by_seed in _stored_runs(study, PREFIX):
+        metrics = {s: float(v["metric"]) for s, v in by_seed.items()}
+        out[t.number] = Confirmed(t.number, float(t.values[0]), int(t.values[1]), metrics)
     return out
 
 
@@ -109,21 +118,10 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
 def full_confirmations(study: Any, epochs: int | None = None) -> dict[int, FullConfirmed]:
     """Every trial with at least one full-budget run (of ``epochs``; None: the trials' own
     epochs) that scored, read from the storage."""
-    prefix = full_prefix(epochs)
-    runs: dict[int, dict[int, dict[str, Any]]] = {}
-    for key, value in study.user_attrs.items():
-        if not key.startswith(prefix) or not isinstance(value, dict) or "error" in value:
-            continue
-        trial, seed = (int(x) for x in key[len(prefix) :].split(":"))
-        runs.setdefault(trial, {})[seed] = value
     out = {}
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for number, by_seed in runs.items():
-        t = trials.get(number)
-        if t is None or t.values is None:
-            continue
-        out[number] = FullConfirmed(
-            number,
+    for t, by_seed in _stored_runs(study, full_prefix(epochs)):
+        out[t.number] = FullConfirmed(
+            t.number,
             float(t.values[0]),
             int(t.values[1]),
             epochs,

@@ -76,16 +76,7 @@ def run_confirm(
     ``epochs`` (full budget only): passes over the train split instead of each trial's own
     ``params.epochs`` (its ``max_steps`` cleared), stored with each run; runs of another
     ``epochs`` are other runs."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from peftsearch.logs import step_bar
     from peftsearch.objectives.runner import TrialRunner
     from peftsearch.reports.trials import trial_params
     from peftsearch.searcher.study import open_study, pack_size
@@ -127,14 +118,9 @@ def run_confirm(
         # finished beside it.
         planned = {(n, sd): runner.total_steps(params_of[n]) for n, sd in todo}
         seen = dict.fromkeys(planned, 0)
-        bar = Progress(
-            TextColumn("confirming" if budget == "search" else "confirming (full budget)"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps, {task.fields[runs]}/" + f"{len(todo)} runs"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
+        bar = step_bar(
+            "confirming" if budget == "search" else "confirming (full budget)",
+            "steps, {task.fields[runs]}/" + f"{len(todo)} runs",
             disable=not show_progress,
         )
         with bar:
