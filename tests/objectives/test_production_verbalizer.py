@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from peftsearch.errors import UserError
 from peftsearch.objectives import production
 from peftsearch.objectives.data import load_splits
 from peftsearch.objectives.production import predict, train_exported
@@ -31,7 +30,7 @@ ENQUEUE = [
     {"template": "review", "verbalizer": "multi", "prompt_length": 2, "lora_r": 4},
 ]
 TEXTS = ["the film was good", "a dull and boring plot", "lovely cast {text}", "awful " * 60]
-LONG = TEXTS[-1]  # longer than max_length: the causal LM keeps its end (left truncation)
+LONG = TEXTS[-1]  # longer than max_length: its end is cut, never the template's words
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # peftsearch blocked: the shipped load.py, and peft's own forward on one text at a time (no
@@ -56,6 +55,8 @@ for d in sys.argv[2:]:
         rows = []
         for raw in TEXTS:
             fields = {info["text_columns"][0]: raw, "mask": tok.mask_token}
+            fields = shipped["fit_row"](info["template"], fields, info["text_columns"], tok,
+                                        info["max_length"], info["truncation"])
             enc = tok(info["template"].format(**fields), truncation=True,
                       max_length=info["max_length"], return_tensors="pt")
             with torch.no_grad():
@@ -206,11 +207,22 @@ def test_cli_train_and_predict(trained) -> None:
     _same(rows, predict(trained["lora"], TEXTS[:2]))
 
 
-def test_a_text_too_long_for_the_mask_slot_is_refused(trained) -> None:
+def test_a_text_too_long_keeps_the_mask_slot(trained) -> None:
+    """A text longer than max_length is cut, the template's {mask} kept: it predicts (it was
+    refused before slot-only truncation), and scores as the same text cut by hand does."""
     if trained["lm"] != "masked":
-        pytest.skip("a causal LM predicts at the end, which left truncation keeps")
-    with pytest.raises(UserError, match=r"max_length 32 cuts the template's \{mask\} slot off 1"):
-        predict(trained["lora"], [TEXTS[0], LONG])
+        pytest.skip("the {mask} slot is a masked LM's")
+    rows = predict(trained["lora"], [TEXTS[0], LONG])
+    info = json.loads((trained["lora"] / "inference.json").read_text(encoding="utf-8"))
+    assert info["truncation"] == "tail"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(trained["lora"])
+    empty = tok(info["template"].format(text="", mask=tok.mask_token))["input_ids"]
+    assert len(tok("awful", add_special_tokens=False)["input_ids"]) == 1
+    kept = " ".join(LONG.split()[: info["max_length"] - len(empty)])  # one token a word
+    same = predict(trained["lora"], [kept])[0]
+    assert rows[1]["scores"] == pytest.approx(same["scores"], abs=1e-6)
 
 
 def test_a_save_that_does_not_reproduce_the_model_is_refused(trained, monkeypatch) -> None:

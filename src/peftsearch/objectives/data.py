@@ -244,7 +244,11 @@ class Encoded:
         return int(self.labels.shape[0])
 
 
-class MaskCutOff(ValueError):
+class TemplateTooLong(ValueError):
+    """A template does not fit ``model.max_length``: its own words alone are longer."""
+
+
+class MaskCutOff(TemplateTooLong):
     """max_length cut the ``{mask}`` slot off some rows."""
 
 
@@ -255,35 +259,81 @@ def encode(
     max_length: int,
     text_columns: list[str],
     mask: bool = False,
+    truncation: str = "tail",
+    demos: str = "",
 ) -> Encoded:
-    """Render ``template`` on every row and tokenize (truncated to ``max_length``).
+    """Render ``template`` on every row and tokenize, at most ``max_length`` tokens a row.
 
-    With ``mask``, ``{mask}`` becomes the tokenizer's mask token and ``positions`` records
-    where it landed in each row.
+    A row too long is fitted by :func:`~peftsearch.objectives.load.fit_row`: its text (and
+    first the ``{demos}`` text) is cut by whole tokens on the ``truncation`` side, never
+    the template's own words or its ``{mask}``, so every row keeps the template. With
+    ``mask``, ``{mask}`` becomes the tokenizer's mask token and ``positions`` records where
+    it landed in each row. ``demos``: what the ``{demos}`` slot holds (the same for every row).
 
     Raises:
-        MaskCutOff: truncation removed the mask token from a row.
+        TemplateTooLong: the template's own words alone exceed ``max_length``.
+        MaskCutOff: the mask token is missing from a row (a tokenizer that splits it).
     """
     import torch
 
+    from peftsearch.objectives.load import fit_rows
+
     rows = df[text_columns].to_dict("records")
-    if mask:
-        rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
+    extra = {"demos": demos, **({"mask": tokenizer.mask_token} if mask else {})}
+    rows = [{**r, **extra} for r in rows]
     rendered = [render(template, r) for r in rows]
-    if rendered and isinstance(rendered[0], tuple):
-        first, second = zip(*rendered, strict=True)
-        enc = tokenizer(
-            list(first),
-            list(second),
+
+    def tokenize(texts: list[Any], **kwargs: Any) -> Any:
+        if texts and isinstance(texts[0], tuple):
+            first, second = zip(*texts, strict=True)
+            return tokenizer(list(first), list(second), verbose=False, **kwargs)
+        return tokenizer(texts, verbose=False, **kwargs)
+
+    # One pass at max_length + 1 finds the rows that are too long (those of that length) and
+    # tokenizes all the others as before; only the long rows (few, in most data) are fitted
+    # and tokenized again. (A separate pass for lengths made encoding 45 % slower.)
+    enc = dict(
+        tokenize(
+            rendered,
             truncation=True,
-            max_length=max_length,
+            max_length=max_length + 1,
             padding="longest",
             return_tensors="pt",
         )
-    else:
-        enc = tokenizer(
-            rendered, truncation=True, max_length=max_length, padding="longest", return_tensors="pt"
+    )
+    long = (enc["attention_mask"].sum(1) > max_length).nonzero().flatten().tolist()
+    if long:
+        try:
+            fit = fit_rows(
+                template,
+                [rows[i] for i in long],
+                text_columns,
+                tokenizer,
+                max_length,
+                truncation,
+                ("demos",),
+            )
+        except ValueError as exc:
+            raise TemplateTooLong(str(exc)) from None
+        for i, row in zip(long, fit, strict=True):
+            rows[i], rendered[i] = row, render(template, row)
+        fitted = tokenize(
+            [rendered[i] for i in long],
+            truncation=True,
+            max_length=max_length,
+            padding="max_length",
+            return_tensors="pt",
         )
+        left = tokenizer.padding_side == "left"
+        # width max_length + 1: only the long rows reach the last column (first, left-padded)
+        keep = slice(1, None) if left else slice(0, max_length)
+        for key, value in enc.items():
+            value = value[:, keep].clone()
+            value[long] = fitted[key]
+            enc[key] = value
+        width = int(enc["attention_mask"].sum(1).max())
+        trim = slice(max_length - width, None) if left else slice(0, width)
+        enc = {key: value[:, trim] for key, value in enc.items()}
     attention = enc["attention_mask"]
     positions = None
     if mask:
@@ -291,8 +341,8 @@ def encode(
         if not bool(hits.any(1).all()):
             cut = int((~hits.any(1)).sum())
             raise MaskCutOff(
-                f"{{mask}} is cut off by model.max_length {max_length} in {cut} of "
-                f"{len(rows)} rows; move it nearer the start or raise max_length"
+                f"{{mask}} is missing from {cut} of {len(rows)} tokenized rows "
+                f"(model.max_length {max_length}); does the tokenizer split its mask token?"
             )
         positions = hits.int().argmax(1)
     return Encoded(

@@ -15,6 +15,7 @@ This file is ``peftsearch/objectives/load.py``, copied verbatim into every direc
 from __future__ import annotations
 
 import json
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,122 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
     return model, tokenizer, info
 
 
+TRUNCATION_SIDES = ("tail", "head", "middle")
+
+
+def _render(template: Any, row: dict[str, Any]) -> Any:
+    # Validated templates hold {column} (and {mask}) slots only: str.format renders them.
+    if isinstance(template, str):
+        return template.format(**row)
+    return tuple(segment.format(**row) for segment in template)
+
+
+def _lengths(tokenizer: Any, rendered: list[Any]) -> list[int]:
+    if rendered and isinstance(rendered[0], tuple):
+        first, second = zip(*rendered, strict=True)
+        args: tuple[Any, ...] = (list(first), list(second))
+    else:
+        args = (rendered,)
+    return tokenizer(*args, truncation=False, return_length=True, verbose=False)["length"]
+
+
+def fit_rows(
+    template: Any,
+    rows: list[dict[str, Any]],
+    text_columns: list[str],
+    tokenizer: Any,
+    max_length: int,
+    side: str = "tail",
+    first: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """``rows`` with their text columns shortened, by whole tokens, so that ``template``
+    rendered on each is at most ``max_length`` tokens; the template's own words, its
+    ``{mask}`` and its ends are never cut. ``side``: which part of a long text goes
+    (``tail``: its end, keeping the start; ``head``: its start; ``middle``: its middle).
+    The columns in ``first`` (the few-shot demonstrations) are cut before the row's own
+    text, from their end; then the longest text column (in tokens) is cut first. A cut can
+    tokenize differently at its edge, so a row's length is measured again after each cut
+    (a fast tokenizer's offsets say where each token of the text ends). Rows are cut
+    together, one tokenizer call per step (one at a time was 40 % slower on SMS spam).
+
+    Raises:
+        ValueError: the template's own words (and special tokens) alone exceed
+            ``max_length``, or ``side`` is unknown.
+    """
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation side must be one of {TRUNCATION_SIDES}, got {side!r}")
+    segments = [template] if isinstance(template, str) else template
+    slots = {f for seg in segments for _, f, _, _ in string.Formatter().parse(seg) if f}
+    first = tuple(c for c in first if c in slots)
+    columns = [c for c in text_columns if c in slots]
+    rows = list(rows)
+    lengths = _lengths(tokenizer, [_render(template, r) for r in rows])
+    todo = [i for i, n in enumerate(lengths) if n > max_length]
+    for _ in range(16):
+        if not todo:
+            return rows
+        cuts: dict[int, tuple[str, str]] = {}  # row -> (column, side)
+        for i in todo:
+            row = rows[i]
+            demo = next((c for c in first if row.get(c)), None)
+            if demo is not None:
+                cuts[i] = (demo, "tail")
+        wanted = [(i, c) for i in todo for c in ([cuts[i][0]] if i in cuts else columns)]
+        offsets = tokenizer(
+            [str(rows[i][c]) for i, c in wanted],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            verbose=False,
+        )["offset_mapping"]
+        spans = dict(zip(wanted, offsets, strict=True))
+        for i in todo:
+            row = dict(rows[i])
+            if i not in cuts:
+                cuts[i] = (max(columns, key=lambda c: len(spans[i, c])), side)
+            name, how = cuts[i]
+            text, cut = str(row[name]), spans[i, name]
+            if not cut:
+                empty = _lengths(
+                    tokenizer, [_render(template, {**row, **dict.fromkeys([*columns, *first], "")})]
+                )[0]
+                raise ValueError(
+                    f"the template's own words take {empty} tokens, more than max_length "
+                    f"{max_length}: no text fits"
+                )
+            keep = max(0, len(cut) - max(1, lengths[i] - max_length))
+            if keep == 0:
+                row[name] = ""
+            elif how == "tail":
+                row[name] = text[: cut[keep - 1][1]]
+            elif how == "head":
+                row[name] = text[cut[len(cut) - keep][0] :]
+            else:
+                front, back = (keep + 1) // 2, keep // 2
+                end = text[cut[len(cut) - back][0] :] if back else ""
+                row[name] = f"{text[: cut[front - 1][1]]} {end}".rstrip()
+            rows[i] = row
+        again = _lengths(tokenizer, [_render(template, rows[i]) for i in todo])
+        for i, n in zip(todo, again, strict=True):
+            lengths[i] = n
+        todo = [i for i in todo if lengths[i] > max_length]
+    if todo:
+        raise ValueError(f"could not fit a row into max_length {max_length} tokens")
+    return rows
+
+
+def fit_row(
+    template: Any,
+    row: dict[str, Any],
+    text_columns: list[str],
+    tokenizer: Any,
+    max_length: int,
+    side: str = "tail",
+    first: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """One row of :func:`fit_rows`."""
+    return fit_rows(template, [row], text_columns, tokenizer, max_length, side, first)[0]
+
+
 def predict_texts(
     model: Any, tokenizer: Any, info: dict[str, Any], texts: list[str], batch_size: int = 64
 ) -> list[dict[str, Any]]:
@@ -91,19 +208,20 @@ def predict_texts(
 
     columns, template, labels = info["text_columns"], info["template"], info["labels"]
     masked = info.get("lm_kind") == "masked"
-    rendered: list[Any] = []
+    rows: list[dict[str, Any]] = []
     for text in texts:
         values = text.split("\t", 1) if len(columns) == 2 else [text]
         if len(values) != len(columns):
             raise ValueError(f"{text!r}: give both {' and '.join(columns)}, separated by a tab")
         row = dict(zip(columns, values, strict=True))
+        row["demos"] = info.get("demos", "")  # the {demos} slot: fixed when it was trained
         if masked:  # the {mask} slot: where a masked LM predicts the label word
             row["mask"] = tokenizer.mask_token
-        # Validated templates hold {column} (and {mask}) slots only: str.format renders them.
-        if isinstance(template, str):
-            rendered.append(template.format(**row))
-        else:
-            rendered.append(tuple(segment.format(**row) for segment in template))
+        rows.append(row)
+    # As in training: a long text is cut, never the template's words or its {mask}.
+    side = info.get("truncation", "tail")
+    rows = fit_rows(template, rows, columns, tokenizer, info["max_length"], side, ("demos",))
+    rendered = [_render(template, row) for row in rows]
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(rendered), batch_size):

@@ -343,6 +343,18 @@ class PackedEngine:
         slot = self.add(("zero-shot",), bare, eval_data, eval_data, 0, label_tokens, queue=False)
         return self.evaluate([slot])[slot.key]
 
+    def vocab_logprobs(
+        self, params: dict[str, Any], data: Encoded, batch_size: int = 32
+    ) -> torch.Tensor:
+        """The untrained LM's log-probability of every vocabulary token at each row's
+        prediction point, [rows, vocab] on the CPU (automatic label search): the zero-shot
+        slot of :meth:`score_untrained` with one class per token."""
+        vocab = int(self.base.get_output_embeddings().weight.shape[0])
+        bare = {**params, "lora_r": 0, "prompt_length": 0}
+        every = [[t] for t in range(vocab)]
+        slot = self.add(("label-search",), bare, data, data, 0, every, queue=False)
+        return self.class_scores(slot, data, batch_size)
+
     def _hook(self, name: str) -> None:
         if name not in self._hooked:
             self._hooked.add(name)

@@ -163,6 +163,7 @@ def train_exported(
         "template": template,
         "text_columns": list(space.data.text_columns),
         "max_length": space.model.max_length,
+        "truncation": space.data.truncation,  # only a text is cut, never the template's words
     }
     probe = [_as_text(r, space.data.text_columns) for r in splits.test.head(16).to_dict("records")]
     identity = {
@@ -228,6 +229,21 @@ def train_exported(
         ck.remove()  # the model is saved: nothing to resume
     summary["saved"] = str(target)
     return summary
+
+
+def _prompt_inputs(
+    space: Any, params: dict[str, Any], splits: Any, tokenizer: Any, info: dict[str, Any]
+) -> dict[str, Any]:
+    """``encode``'s keyword arguments for this configuration: the truncation side and the
+    ``{demos}`` text, drawn as the search's trials draw it; both go into ``info``
+    (``inference.json``), so a saved model predicts on the layout it was trained on."""
+    from peftsearch.objectives import demos
+
+    text, rows = demos.for_params(space, params, splits.train, tokenizer)
+    info["demos"] = text
+    if rows:
+        info["demo_rows"] = rows
+    return {"truncation": space.data.truncation, "demos": text}
 
 
 @dataclass
@@ -338,7 +354,8 @@ def _train_classifier(
     trainable = count_params(model)
     model.to(device)
     cols = (tokenizer, space.model.max_length, space.data.text_columns)
-    train_data = encode(splits.train, template, *cols)
+    how = _prompt_inputs(space, params, splits, tokenizer, info)
+    train_data = encode(splits.train, template, *cols, **how)
     if plan.prompt_length and plan.prompt_init == "vocab":  # as the engine starts a prompt
         (weight,) = [p for n, p in model.named_parameters() if "prompt_encoder" in n]
         gen = torch.Generator().manual_seed(seed)
@@ -358,7 +375,7 @@ def _train_classifier(
     del train_data
     predictions = {}
     for split in ("validation", "test"):
-        enc = encode(getattr(splits, split), template, *cols)
+        enc = encode(getattr(splits, split), template, *cols, **how)
         result = evaluate_model(model, enc, device, max(64, 2 * cfg.batch_size), left)
         predictions[split] = result.predictions
 
@@ -392,7 +409,7 @@ def _train_verbalizer(
     resumed as the classifier's loop does (every N steps, on Ctrl-C)."""
     from peftsearch.errors import SpaceError
     from peftsearch.objectives import checkpoint as ckpt
-    from peftsearch.objectives.data import MaskCutOff, encode, label_token_ids
+    from peftsearch.objectives.data import TemplateTooLong, encode, label_token_ids
     from peftsearch.objectives.packed import PackedEngine
 
     file, seed = str(space.file), space.study.seed
@@ -405,12 +422,13 @@ def _train_verbalizer(
     words = label_token_ids(
         tokenizer, space.data.labels, space.verbalizers[name], file, f"verbalizers.{name}"
     )
+    how = _prompt_inputs(space, params, splits, tokenizer, info)
     try:
         data = {
-            split: encode(getattr(splits, split), template, *cols, mask=masked)
+            split: encode(getattr(splits, split), template, *cols, mask=masked, **how)
             for split in ("train", "validation", "test")
         }
-    except MaskCutOff as exc:
+    except TemplateTooLong as exc:
         raise SpaceError(file, f"templates.{params['template']}", str(exc)) from None
     left = tokenizer.padding_side == "left"
     special = set(tokenizer.all_special_ids)
@@ -444,7 +462,7 @@ def _train_verbalizer(
             on_step(done.stats.steps, done.stats.steps)
         slot.eval_data = data["test"]
         test = engine.evaluate([slot])[slot.key]
-        want = _engine_predictions(engine, slot, probe, info, template, cols, masked)
+        want = _engine_predictions(engine, slot, probe, info, template, cols, masked, how)
     finally:
         engine.close()  # hooks off: the base model is plain again
     predictions = {"validation": done.result.predictions, "test": test.predictions}
@@ -481,6 +499,7 @@ def _engine_predictions(
     template: Any,
     cols: tuple[Any, int, list[str]],
     masked: bool,
+    how: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """What the engine's trained slot predicts for ``texts`` (``predict_texts`` rows)."""
     import pandas as pd
@@ -491,7 +510,7 @@ def _engine_predictions(
         return []
     labels, columns = info["labels"], info["text_columns"]
     rows = [dict(zip(columns, t.split("\t", 1), strict=True)) for t in texts]
-    data = encode(pd.DataFrame(rows).assign(label=0), template, *cols, mask=masked)
+    data = encode(pd.DataFrame(rows).assign(label=0), template, *cols, mask=masked, **how)
     probs = engine.class_scores(slot, data).softmax(-1).tolist()
     return [
         {

@@ -16,15 +16,15 @@ from typing import Any
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import (
     Encoded,
-    MaskCutOff,
     Splits,
+    TemplateTooLong,
     encode,
     label_token_ids,
     load_splits,
 )
 from peftsearch.objectives.metrics import check_metric, load_metric, score
 from peftsearch.objectives.model import count_params, load_base, pick_device
-from peftsearch.spaces import Space, template_text
+from peftsearch.spaces import DEMOS, Space, has_slot, template_text
 
 
 @dataclass
@@ -73,16 +73,17 @@ class TrialRunner:
             raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         self.space = space
         self.budget = budget
-        self._test: dict[str, Encoded] = {}
+        self._test: dict[tuple[str, str], Encoded] = {}
         self._splits: Splits | None = None
         self._base: Any = None
         self._tokenizer: Any = None
         self._device: Any = None
-        self._cache: dict[str, tuple[Encoded, Encoded]] = {}
+        self._cache: dict[tuple[str, str], tuple[Encoded, Encoded]] = {}
         self._metric: Any = None
         self._versions: dict[str, str] | None = None
         self._engine: Any = None
         self._label_tokens: dict[str, list[list[int]]] = {}
+        self._demos: dict[tuple[str, int, str | None], tuple[str, list[int]]] = {}
 
     @property
     def splits(self) -> Splits:
@@ -118,27 +119,57 @@ class TrialRunner:
         self.base_params = count_params(self._base, trainable=False)
         del splits
 
-    def encoded(self, template: str) -> tuple[Encoded, Encoded]:
-        """Train and eval tensors for a template name, tokenized once per worker."""
-        if template not in self._cache:
+    def demos(self, params: dict[str, Any]) -> tuple[str, list[int]]:
+        """What the ``{demos}`` slot of ``params``' template holds (the demonstration text,
+        "" for none) and the train rows (``row`` numbers) it was drawn from."""
+        from peftsearch.objectives import demos
+
+        spec = self.space
+        k = int(params.get("n_demos") or 0)
+        if not k or not has_slot(spec.templates[params["template"]], DEMOS):
+            return "", []
+        verbalizer = params.get("verbalizer") if spec.lm_kind is not None else None
+        key = (params["template"], k, verbalizer)
+        if key not in self._demos:
+            self.setup()
+            self._demos[key] = demos.for_params(spec, params, self.splits.train, self._tokenizer)
+        return self._demos[key]
+
+    def encoded(self, params: dict[str, Any] | str) -> tuple[Encoded, Encoded]:
+        """Train and eval tensors for a trial's template (and its demonstrations), tokenized
+        once per worker; ``params`` may be a template name alone (no demonstrations)."""
+        if isinstance(params, str):
+            params = {"template": params}
+        template, (demo_text, _) = params["template"], self.demos(params)
+        key = (template, demo_text)
+        if key not in self._cache:
             self.setup()
             spec = self.space
             tmpl = spec.templates[template]
             args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
-            mask = spec.lm_kind == "masked"
+            kwargs = {
+                "mask": spec.lm_kind == "masked",
+                "truncation": spec.data.truncation,
+                "demos": demo_text,
+            }
             full = self.budget == "full"
             train = self.splits.train if full else self.splits.trial_train
             held = self.splits.validation if full else self.splits.trial_eval
             try:
-                self._cache[template] = (
-                    encode(train, tmpl, *args, mask=mask),
-                    encode(held, tmpl, *args, mask=mask),
+                self._cache[key] = (
+                    encode(train, tmpl, *args, **kwargs),
+                    encode(held, tmpl, *args, **kwargs),
                 )
                 if full:
-                    self._test[template] = encode(self.splits.test, tmpl, *args, mask=mask)
-            except MaskCutOff as exc:
+                    self._test[key] = encode(self.splits.test, tmpl, *args, **kwargs)
+            except TemplateTooLong as exc:
                 raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
-        return self._cache[template]
+        return self._cache[key]
+
+    def tested(self, params: dict[str, Any]) -> Encoded | None:
+        """The test split's tensors of a trial's template (full budget only; else None)."""
+        self.encoded(params)
+        return self._test.get((params["template"], self.demos(params)[0]))
 
     def label_tokens(self, verbalizer: str) -> list[list[int]]:
         """Each class's label words as the first token id of each word (see
@@ -160,17 +191,26 @@ class TrialRunner:
             )
         return self._label_tokens[verbalizer]
 
-    def zero_shot(self) -> dict[str, dict[str, float]]:
+    def zero_shot(self, n_demos: int = 0) -> dict[str, dict[str, float]]:
         """The metric of the untrained LM for every template x verbalizer (model.head
-        verbalizer): what each template and verbalizer gives before any training."""
+        verbalizer): what each template and verbalizer gives before any training. With
+        ``n_demos``, the templates with a ``{demos}`` slot only, holding that many
+        demonstrations per class."""
         spec = self.space
         out: dict[str, dict[str, float]] = {}
         engine = self.engine
-        for template in spec.templates:
-            eval_data = self.encoded(template)[1]
+        for template, tmpl in spec.templates.items():
+            if n_demos and not has_slot(tmpl, DEMOS):
+                continue
             out[template] = {}
             for verbalizer in spec.verbalizers:
-                params = {"template": template, "verbalizer": verbalizer, **self._fixed()}
+                params = {
+                    **self._fixed(),
+                    "template": template,
+                    "verbalizer": verbalizer,
+                    "n_demos": n_demos,
+                }
+                eval_data = self.encoded(params)[1]
                 result = engine.score_untrained(params, eval_data, self.label_tokens(verbalizer))
                 out[template][verbalizer] = score(
                     self._metric,
@@ -180,6 +220,61 @@ class TrialRunner:
                     **spec.objectives.metric_kwargs,
                 )
         return out
+
+    def find_label_words(self) -> dict[str, Any]:
+        """``verbalizers: {auto: ...}``: the found verbalizers (``words``: ``auto-i`` ->
+        {label: [words]}) and how they were found (rows, per class the 10 best words and
+        their log-likelihood ratios); see :mod:`peftsearch.objectives.label_search`.
+
+        Raises:
+            SpaceError: the model's ranking holds too few words for ``n`` verbalizers.
+        """
+        import torch
+
+        from peftsearch.objectives import demos
+        from peftsearch.objectives import label_search as ls
+
+        spec, auto = self.space, self.space.auto_verbalizers
+        assert auto is not None, "no verbalizers.auto in the space"
+        self.setup()
+        labels = list(spec.data.labels)
+        rows = demos.pick(self.splits.trial_train, auto.rows, spec.study.seed, len(labels))
+        words = ls.word_tokens(self._tokenizer, spec.lm_kind == "causal")
+        args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
+        logprobs = []
+        for template, tmpl in spec.templates.items():
+            params = {**self._fixed(), "template": template, "n_demos": 0}
+            try:
+                data = encode(
+                    rows,
+                    tmpl,
+                    *args,
+                    mask=spec.lm_kind == "masked",
+                    truncation=spec.data.truncation,
+                )
+            except TemplateTooLong as exc:
+                raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
+            logprobs.append(self.engine.vocab_logprobs(params, data))
+        target = torch.tensor(rows["label"].to_numpy())
+        ranked = ls.rank(logprobs, target, len(labels), words)
+        found = ls.verbalizers(ranked, labels, words, auto.k, auto.n)
+        if len(found) < auto.n:
+            short = min(len(r) for r in ranked)
+            raise SpaceError(
+                str(spec.file),
+                "verbalizers.auto",
+                f"the model's ranking holds {short} words for a class, too few for n {auto.n} "
+                f"verbalizers of k {auto.k} words; lower k or n",
+            )
+        return {
+            "words": found,
+            "rows": rows["row"].tolist(),
+            "templates": list(spec.templates),
+            "ranking": {
+                label: [[words[t], round(v, 4)] for t, v in ranked[c][:10]]
+                for c, label in enumerate(labels)
+            },
+        }
 
     def _fixed(self) -> dict[str, Any]:
         from peftsearch.spaces import RULES
@@ -211,7 +306,7 @@ class TrialRunner:
         engine = self.engine
         if not len(engine) and self._device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self._device)
-        train_data, eval_data = self.encoded(params["template"])
+        train_data, eval_data = self.encoded(params)
         tokens = None
         if self.space.lm_kind is not None:
             tokens = self.label_tokens(params["verbalizer"])
@@ -224,14 +319,14 @@ class TrialRunner:
             seed,
             tokens,
             rung_steps=self.rung_steps(params),
-            test_data=self._test.get(params["template"]),
+            test_data=self.tested(params),
         )
 
     def total_steps(self, params: dict[str, Any]) -> int:
         """The optimizer steps a trial of ``params`` trains at this runner's budget."""
         from peftsearch.objectives.train import TrainConfig
 
-        train_data = self.encoded(params["template"])[0]
+        train_data = self.encoded(params)[0]
         return TrainConfig.from_params(params, self.space.study.seed).total_steps(len(train_data))
 
     def rung_steps(self, params: dict[str, Any]) -> list[int]:
@@ -242,16 +337,17 @@ class TrialRunner:
         fractions = self.space.study.pruner.rungs()
         if not fractions or self.budget == "full":
             return []
-        train_data = self.encoded(params["template"])[0]
+        train_data = self.encoded(params)[0]
         total = TrainConfig.from_params(params, self.space.study.seed).total_steps(len(train_data))
         return sorted({max(1, round(f * total)) for f in fractions} - {total})
 
     def score_result(self, params: dict[str, Any], result: Any, split: str = "eval") -> float:
         """The metric of an :class:`EvalResult` of a trial of ``params`` (``split`` "test":
         on the test split, full budget only)."""
-        eval_data = self.encoded(params["template"])[1]
+        eval_data = self.encoded(params)[1]
         if split == "test":
-            eval_data = self._test[params["template"]]
+            eval_data = self.tested(params)
+            assert eval_data is not None, "a test score needs the full budget"
         return float(
             score(
                 self._metric,
@@ -349,6 +445,7 @@ class TrialRunner:
             attrs={
                 "planned_steps": done.planned_steps or stats.steps,
                 "template_text": template_text(self.space.templates[params["template"]]),
+                **self._demo_attrs(params),
                 "trainable_params": trainable,
                 "trainable_pct": 100.0 * trainable / self.base_params,
                 "base_params": self.base_params,
@@ -367,6 +464,10 @@ class TrialRunner:
                 **tested,
             },
         )
+
+    def _demo_attrs(self, params: dict[str, Any]) -> dict[str, Any]:
+        text, rows = self.demos(params)
+        return {"demos_text": text, "demo_rows": rows} if rows else {}
 
 
 class RunnerPack:

@@ -279,22 +279,73 @@ def _record_study(
         )
 
 
+def found_words(study: Any, space: Space, runner: Any | None = None) -> Space:
+    """``verbalizers: {auto: ...}``: ``space`` with the found verbalizers' words, found once
+    per study by ``runner`` and stored as the ``auto_verbalizers`` study attribute (several
+    workers that find them at once find the same words: the search is deterministic).
+    Without a runner, the stored words only (an error when there are none yet)."""
+    if space.auto_verbalizers is None:
+        return space
+    stored = study.user_attrs.get("auto_verbalizers")
+    if stored is None:
+        if runner is None or not hasattr(runner, "find_label_words"):
+            raise UserError(
+                f"study {space.study_name!r} holds no found label words yet "
+                "(verbalizers.auto): `search run` finds them first"
+            )
+        stored = runner.find_label_words()
+        study.set_user_attr("auto_verbalizers", stored)
+    space = space.with_words(stored["words"])
+    if runner is not None:
+        runner.space = space
+    return space
+
+
+def demo_counts(space: Space) -> list[int]:
+    """The demonstration counts per class (above 0) that the space searches or fixes."""
+    from peftsearch.spaces import CategoricalDist, IntDist
+
+    spec = space.search_params().get("n_demos") or 0
+    if isinstance(spec, CategoricalDist):
+        values: Any = spec.choices
+    elif isinstance(spec, IntDist):
+        values = range(spec.low, spec.high + 1, spec.step)
+    else:
+        values = [spec]
+    return sorted({int(v) for v in values if v})
+
+
 def _record_zero_shot(study: Any, space: Space, runner: Any) -> list[str]:
     """model.head verbalizer: score every template x verbalizer untrained, once per study
-    (stored as the ``zero_shot`` study attribute), so the report can show what training adds.
+    (stored as the ``zero_shot`` study attribute), so the report can show what training adds;
+    with demonstrations searched (``n_demos``), also with each searched count per class
+    (``zero_shot_demos``: {count: {template: {verbalizer: score}}}).
     Returns lines to show (none when already stored)."""
     if space.lm_kind is None or not hasattr(runner, "zero_shot"):
         return []
     if study.user_attrs.get("zero_shot"):
         return []
-    scores = runner.zero_shot()
-    study.set_user_attr("zero_shot", scores)
     metric = space.objectives.metric
+    lines = []
+    counts = demo_counts(space)
+    by_count: dict[str, Any] = {}
+    for k in counts:
+        by_count[str(k)] = runner.zero_shot(k)
+        lines += [
+            f"zero-shot {metric} with {k} demonstration(s) per class: template {t} x "
+            f"verbalizer {v}: {value:.4f}"
+            for t, by_v in by_count[str(k)].items()
+            for v, value in by_v.items()
+        ]
+    scores = runner.zero_shot()
+    if by_count:
+        study.set_user_attr("zero_shot_demos", by_count)
+    study.set_user_attr("zero_shot", scores)
     return [
         f"zero-shot {metric} (no training): template {t} x verbalizer {v}: {value:.4f}"
         for t, by_v in scores.items()
         for v, value in by_v.items()
-    ]
+    ] + lines
 
 
 def write_report_safely(study: Any, out: Path, note: Any = print) -> Path | None:
@@ -497,6 +548,7 @@ def run_trials(
     check_storage(space)  # and storage problems
     out = _prepare_output(space)
     study = open_study(space)
+    space = found_words(study, space, runner)  # verbalizers.auto: found once, then stored
     url = resolve_url(space)
     n_trials = space.study.n_trials
     outcome = RunOutcome(space.study_name, display_url(url), out, {})

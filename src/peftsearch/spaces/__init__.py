@@ -29,7 +29,14 @@ from peftsearch.spaces._schema import (
     Space,
     StudySpec,
 )
-from peftsearch.spaces._templates import Template, has_mask_slot, render, template_text
+from peftsearch.spaces._templates import (
+    DEMOS,
+    Template,
+    has_mask_slot,
+    has_slot,
+    render,
+    template_text,
+)
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -45,7 +52,9 @@ __all__ = [
     "Space",
     "StudySpec",
     "Template",
+    "DEMOS",
     "has_mask_slot",
+    "has_slot",
     "load_space",
     "render",
     "template_text",
@@ -137,6 +146,8 @@ def _space_error(file: str, exc: ValidationError, raw: Any) -> SpaceError:
     err = exc.errors()[0]
     ctx = err.get("ctx") or {}
     loc = list(ctx.get("loc") or err["loc"])
+    if loc and loc[0] == "auto_verbalizers":  # written as verbalizers.auto
+        loc = ["verbalizers", "auto", *loc[1:]]
     if err["type"] == "unknown_key":
         loc.append(ctx["key"])
     key = _key_path(loc, raw, keep_last=err["type"] in ("unknown_key", "missing", "at_key"))

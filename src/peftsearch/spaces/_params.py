@@ -41,7 +41,14 @@ class Strict(BaseModel):
                 raise PydanticCustomError(
                     "unknown_key",
                     "unknown key; valid keys here: {valid}",
-                    {"key": extra[0], "valid": ", ".join(cls.model_fields)},
+                    {
+                        "key": extra[0],
+                        "valid": ", ".join(
+                            name
+                            for name, info in cls.model_fields.items()
+                            if not (info.json_schema_extra or {}).get("hidden")  # type: ignore[union-attr]
+                        ),
+                    },
                 )
         return data
 
@@ -187,6 +194,12 @@ RULES: dict[str, Rule] = {
         help="name of a verbalizer under `verbalizers:` (model.head: verbalizer)",
     ),
     "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
+    "n_demos": Rule(
+        "int",
+        0,
+        low=0,
+        help="few-shot demonstrations per class in the template's {demos} slot (LM-BFF); 0 = none",
+    ),
     "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
     "learning_rate": Rule(
         "float",

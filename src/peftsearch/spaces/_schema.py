@@ -18,7 +18,7 @@ from peftsearch.spaces._params import (
     Strict,
     check_param,
 )
-from peftsearch.spaces._templates import Template, check_template, has_mask_slot
+from peftsearch.spaces._templates import DEMOS, Template, check_template, has_mask_slot, has_slot
 
 _Section = Strict
 MAX_PACK = 256  # study.pack
@@ -74,6 +74,11 @@ class DataSpec(_Section):
     split: SplitSpec = Field(default_factory=SplitSpec)
     train_size: int | None = Field(None, ge=1, description="train rows a trial sees (subsample)")
     eval_size: int | None = Field(None, ge=1, description="validation rows a trial is scored on")
+    truncation: Literal["tail", "head", "middle"] = Field(
+        "tail",
+        description="which part of a text longer than model.max_length is cut (tail: its end, "
+        "keeping the start); only text is cut, never a template's own words or its {mask}",
+    )
 
     @field_validator("text_columns", mode="before")
     @classmethod
@@ -181,8 +186,31 @@ class StudySpec(_Section):
         raise ValueError(f"must be a whole number from 1 to {MAX_PACK}, or auto")
 
 
+class AutoVerbalizerSpec(_Section):
+    """``verbalizers: {auto: {...}}``: label words found by the model (LM-BFF / PET automatic
+    label search), searched as the verbalizers ``auto-1`` .. ``auto-n``."""
+
+    k: int = Field(3, ge=1, le=20, description="words per class in each found verbalizer")
+    n: int = Field(2, ge=1, le=10, description="found verbalizers (auto-1 .. auto-n)")
+    rows: int = Field(256, ge=2, description="train rows per class the model scores")
+
+
+AUTO = "auto"  # the reserved name under `verbalizers:` that asks for found label words
+
+
 class Space(_Section):
     """A whole space file. Build it with :func:`peftsearch.spaces.load_space`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_apart(cls, data: Any) -> Any:
+        """``verbalizers.auto`` is not a verbalizer but the request for found ones."""
+        given = data.get("verbalizers") if isinstance(data, dict) else None
+        if isinstance(given, dict) and AUTO in given:
+            verbalizers = dict(given)
+            data = {**data, "auto_verbalizers": verbalizers.pop(AUTO) or {}}
+            data["verbalizers"] = verbalizers
+        return data
 
     model: ModelSpec
     data: DataSpec
@@ -192,6 +220,21 @@ class Space(_Section):
         description="model.head verbalizer: name -> {label: [words]}; a label's score is the "
         "mean log-probability of its words' first tokens",
     )
+    auto_verbalizers: AutoVerbalizerSpec | None = Field(
+        None,
+        description="written as verbalizers.auto: label words found by the model",
+        json_schema_extra={"hidden": True},
+    )
+
+    @property
+    def auto_names(self) -> list[str]:
+        """The names of the found verbalizers: ``auto-1`` .. ``auto-n``."""
+        n = self.auto_verbalizers.n if self.auto_verbalizers is not None else 0
+        return [f"{AUTO}-{i}" for i in range(1, n + 1)]
+
+    def with_words(self, found: dict[str, dict[str, list[str]]]) -> Space:
+        """This space with the found verbalizers' words (``auto-i`` -> {label: [words]})."""
+        return self.model_copy(update={"verbalizers": {**self.verbalizers, **found}})
 
     @field_validator("verbalizers", mode="before")
     @classmethod
@@ -254,6 +297,20 @@ class Space(_Section):
                 if msg:
                     raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
         self._check_verbalizers()
+        demos = searched.get("n_demos")
+        counts = demos.choices if isinstance(demos, CategoricalDist) else [demos]
+        if isinstance(demos, IntDist | FloatDist):
+            counts = [demos.high]
+        if any(c for c in counts) and not any(has_slot(t, DEMOS) for t in self.templates.values()):
+            raise PydanticCustomError(
+                "at_key",
+                "{msg}",
+                {
+                    "msg": "n_demos > 0 needs a template with a {demos} slot (where the "
+                    'demonstrations go, e.g. "{demos}Review: {text}")',
+                    "loc": ("params", "n_demos"),
+                },
+            )
         template = (self.params or {}).get("template")
         if template is not None:
             names: list[Any] = (
@@ -278,7 +335,7 @@ class Space(_Section):
 
         verbalizer = (self.params or {}).get("verbalizer")
         if self.model.head == "classifier":
-            if self.verbalizers:
+            if self.verbalizers or self.auto_verbalizers is not None:
                 fail("verbalizers need model.head: verbalizer", "verbalizers")
             if verbalizer is not None:
                 fail("a verbalizer needs model.head: verbalizer", "params", "verbalizer")
@@ -292,7 +349,7 @@ class Space(_Section):
                 "templates",
                 other,
             )
-        if not self.verbalizers:
+        if not self.verbalizers and self.auto_verbalizers is None:
             fail(
                 "model.head verbalizer needs at least one verbalizer, e.g. "
                 "{fresh: [' great'], rotten: [' terrible']}",
@@ -300,6 +357,8 @@ class Space(_Section):
             )
         labels = list(self.data.labels)
         for name, mapping in self.verbalizers.items():
+            if name.startswith(f"{AUTO}-"):
+                fail(f"names {AUTO}-N are kept for the found verbalizers", "verbalizers", name)
             missing = [label for label in labels if label not in mapping]
             extra = [label for label in mapping if label not in labels]
             if missing or extra:
@@ -317,11 +376,11 @@ class Space(_Section):
             names: list[Any] = (
                 verbalizer.choices if isinstance(verbalizer, CategoricalDist) else [verbalizer]
             )
-            unknown = [n for n in names if n not in self.verbalizers]
+            known = [*self.verbalizers, *self.auto_names]
+            unknown = [n for n in names if n not in known]
             if unknown:
                 fail(
-                    f"no verbalizer named {unknown[0]!r}; verbalizers: "
-                    + ", ".join(self.verbalizers),
+                    f"no verbalizer named {unknown[0]!r}; verbalizers: " + ", ".join(known),
                     "params",
                     "verbalizer",
                 )
@@ -366,9 +425,9 @@ class Space(_Section):
         """Every parameter a trial needs: the file's entries over the defaults."""
         params: dict[str, Any] = {n: r.default for n, r in RULES.items()}
         params["template"] = CategoricalDist(type="categorical", choices=list(self.templates))
-        if self.model.head == "verbalizer" and self.verbalizers:
+        if self.model.head == "verbalizer" and (self.verbalizers or self.auto_names):
             params["verbalizer"] = CategoricalDist(
-                type="categorical", choices=list(self.verbalizers)
+                type="categorical", choices=[*self.verbalizers, *self.auto_names]
             )
         params.update(self.params if self.params is not None else default_params(self))
         return params

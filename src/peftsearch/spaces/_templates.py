@@ -17,6 +17,7 @@ Template = str | list[str]
 
 
 MASK = "mask"  # the slot where a masked LM predicts the label word (model.head: verbalizer)
+DEMOS = "demos"  # the slot of the few-shot demonstrations (params.n_demos per class)
 
 
 def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
@@ -50,8 +51,9 @@ def template_fields(text: str, allowed: Sequence[str]) -> list[str]:
                 "slot {mask} needs model.head: verbalizer (a masked LM predicts there)"
             )
         if field not in allowed:
+            columns = [a for a in allowed if a not in (MASK, DEMOS)]
             raise ValueError(
-                f"slot {{{field}}} is not a declared text column (declared: {', '.join(allowed)})"
+                f"slot {{{field}}} is not a declared text column (declared: {', '.join(columns)})"
             )
         fields.append(field)
     return fields
@@ -70,17 +72,23 @@ def check_template(
     if not 1 <= len(segments) <= 2:
         raise ValueError("a template is one string, or a list of two for text pairs")
     special = [MASK] if mask_slot and MASK not in text_columns else []
+    demos = [DEMOS] if DEMOS not in text_columns else []
     found: list[str] = []
-    masks = 0
+    masks = n_demos = 0
     for seg in segments:
-        fields = template_fields(seg, [*text_columns, *special])
+        fields = template_fields(seg, [*text_columns, *special, *demos])
         masks += sum(f in special for f in fields)
+        n_demos += sum(f in demos for f in fields)
         texts = [f for f in fields if f in text_columns]
         if not texts and len(segments) > 1:
             raise ValueError("each segment of a pair template needs a text slot")
         found.extend(texts)
     if masks > 1:
         raise ValueError("{mask} may appear once")
+    if n_demos > 1:
+        raise ValueError("{demos} may appear once")
+    if n_demos and len(segments) > 1:
+        raise ValueError("{demos} works in one-string templates only, not in text pairs")
     if not found:
         raise ValueError(
             "template has no text slot; add one of " + ", ".join(f"{{{c}}}" for c in text_columns)
@@ -89,9 +97,14 @@ def check_template(
 
 def has_mask_slot(template: Template) -> bool:
     """True when the template has a ``{mask}`` slot (escaped ``{{mask}}`` is literal text)."""
+    return has_slot(template, MASK)
+
+
+def has_slot(template: Template, slot: str) -> bool:
+    """True when the template has a ``{slot}`` slot (escaped ``{{slot}}`` is literal text)."""
     segments = [template] if isinstance(template, str) else list(template)
     try:
-        return any(f == MASK for seg in segments for _, f, _, _ in _FORMATTER.parse(seg))
+        return any(f == slot for seg in segments for _, f, _, _ in _FORMATTER.parse(seg))
     except ValueError:  # does not parse: check_template says why
         return False
 
@@ -104,7 +117,7 @@ def render(template: Template, row: Mapping[str, object]) -> str | tuple[str, st
         for literal, field, _, _ in _FORMATTER.parse(seg):
             out.append(literal)
             if field is not None:
-                value = row[field]
+                value = row.get(field, "") if field == DEMOS else row[field]
                 out.append("" if value is None else str(value))
         return "".join(out)
 
