@@ -861,11 +861,11 @@ def test_cli_validate_renders_each_template_on_a_real_row(
     assert not (tmp_path / "out").exists()  # validate trains nothing and writes no study
 
 
-def test_cli_validate_says_how_many_rows_truncation_cuts_and_which_template_words_go(
+def test_cli_validate_says_how_many_rows_truncation_cuts(
     write_space, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """Issue 14, part 1 (the measurement only): the whole rendered string is cut, so a
-    template's words after the text go on every row longer than max_length."""
+    """Issue 14, part 1: per template, the rows whose text is cut and by how many tokens
+    (counted against the tokenizer itself); the template's own words are kept."""
     from transformers import AutoTokenizer
 
     templates = {"plain": "{text}", "review": "{text} review : good or bad"}
@@ -896,5 +896,22 @@ def test_cli_validate_says_how_many_rows_truncation_cuts_and_which_template_word
 
         mean, median = sum(over) / len(over), statistics.median(over)
         assert f"(tokens cut: mean {mean:.1f}, median {median:g}, max {max(over):,})" in lines[name]
-    assert "the template's own words 'review : good or bad' are cut too" in lines["review"]
-    assert "own words" not in lines["plain"]
+        assert "their text is cut at its tail" in lines[name]
+    own = len(tok("review : good or bad")["input_ids"])
+    assert f"the template's own words ({own} tokens) are kept" in lines["review"]
+
+
+def test_cli_validate_refuses_a_template_whose_own_words_exceed_max_length(
+    write_space, tiny_model: Path, tmp_path: Path
+) -> None:
+    templates = {"plain": "{text}", "review": "{text} " + "review : good or bad " * 3}
+    path = write_space(model={"path": str(tiny_model), "max_length": 8}, templates=templates)
+    proc = run_cli("validate", str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    from transformers import AutoTokenizer
+
+    own = len(
+        AutoTokenizer.from_pretrained(tiny_model)(templates["review"].format(text=""))["input_ids"]
+    )
+    assert f"templates.review: the template's own words take {own} tokens" in proc.stderr
+    assert "more than model.max_length 8" in proc.stderr

@@ -41,8 +41,9 @@ def word_tokens(tokenizer: Any, causal: bool) -> dict[int, str]:
         word = text.strip()
         if len(word) < 2 or not word.isalpha() or not word.isascii():
             continue
-        if causal and not text.startswith(" "):
-            continue  # the next word after the template's end starts with a space
+        # After a causal template's end the next word follows a space: " good" must give
+        # this token back (a BPE token without its space mark does not); a masked LM's
+        # {mask} stands alone.
         spelled = f" {word}" if causal else word
         ids = tokenizer(spelled, add_special_tokens=False)["input_ids"]
         if ids and ids[0] == tid:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import string
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import load_splits
 from peftsearch.objectives.model import model_error
-from peftsearch.spaces import CategoricalDist, IntDist, Space, render
+from peftsearch.spaces import DEMOS, CategoricalDist, IntDist, Space, render
 
 
 def _max_prompt_length(space: Space) -> int:
@@ -24,36 +23,30 @@ def _max_prompt_length(space: Space) -> int:
     return int(spec)
 
 
-def _edge_words(template: Any, side: str) -> str:
-    """The template's literal words a truncation on ``side`` reaches first: after its last
-    field (``right``, the default) or before its first (``left``)."""
-    seg = template if isinstance(template, str) else template[-1 if side == "right" else 0]
-    parts = list(string.Formatter().parse(seg))
-    if side == "right":
-        literal, field = parts[-1][0], parts[-1][1]
-        return literal if field is None else ""
-    return parts[0][0] if parts else ""
-
-
 def cut_rows(
     template: Any, rows: list[dict[str, Any]], tokenizer: Any, max_length: int
-) -> tuple[list[int], str]:
-    """How ``model.max_length`` truncation treats ``template`` on ``rows`` (the whole
-    rendered string is tokenized and cut, as training does): the rows longer than
-    max_length, the mean tokens cut from them, and the template's literal words the cut
-    reaches first (lost, at least partly, on every cut row; "" when the text is at that edge).
-    Returns the tokens cut from each cut row and those words."""
+) -> list[int]:
+    """The tokens by which each row longer than ``max_length`` (``template`` rendered on it,
+    untruncated) is over: what slot-only truncation cuts from its text."""
     rendered = [render(template, r) for r in rows]
     if not rendered:
-        return [], ""
+        return []
     if isinstance(rendered[0], tuple):
         first, second = zip(*rendered, strict=True)
         ids = tokenizer(list(first), list(second), truncation=False, verbose=False)["input_ids"]
     else:
         ids = tokenizer(rendered, truncation=False, verbose=False)["input_ids"]
-    over = [len(x) - max_length for x in ids if len(x) > max_length]
-    side = getattr(tokenizer, "truncation_side", "right")
-    return over, _edge_words(template, side)
+    return [len(x) - max_length for x in ids if len(x) > max_length]
+
+
+def own_length(template: Any, tokenizer: Any, columns: list[str]) -> int:
+    """The tokens of ``template``'s own words (its text slots and ``{demos}`` empty, its
+    ``{mask}`` one mask token), special tokens included: what no text can shorten."""
+    row: dict[str, Any] = dict.fromkeys([*columns, DEMOS], "")
+    row["mask"] = tokenizer.mask_token or ""
+    text = render(template, row)
+    pair = text if isinstance(text, tuple) else (text,)
+    return len(tokenizer(*pair, truncation=False, verbose=False)["input_ids"])
 
 
 def check_space(space: Space) -> Iterator[str]:
@@ -121,21 +114,24 @@ def check_space(space: Space) -> Iterator[str]:
         rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
     max_length = space.model.max_length
     for name, template in space.templates.items():
-        over, edge = cut_rows(template, rows, tokenizer, max_length)
+        own = own_length(template, tokenizer, list(space.data.text_columns))
+        if own > max_length:
+            raise SpaceError(
+                file,
+                f"templates.{name}",
+                f"the template's own words take {own} tokens, more than model.max_length "
+                f"{max_length}: no text fits; shorten the template or raise max_length",
+            )
+        over = cut_rows(template, rows, tokenizer, max_length)
         cut = len(over)
         if not cut:
             yield f"truncation {name!r}: no train row is longer than model.max_length {max_length}"
             continue
-        line = (
+        yield (
             f"truncation {name!r}: {cut:,} of {len(rows):,} train rows "
-            f"({100 * cut / len(rows):.0f} %) are longer than model.max_length {max_length} "
-            f"and are cut (tokens cut: mean {sum(over) / cut:.1f}, median "
-            f"{statistics.median(over):g}, max {max(over):,})"
+            f"({100 * cut / len(rows):.0f} %) are longer than model.max_length {max_length}; "
+            f"their text is cut at its {space.data.truncation} (tokens cut: mean "
+            f"{sum(over) / cut:.1f}, median {statistics.median(over):g}, max {max(over):,}), "
+            f"the template's own words ({own} tokens) are kept"
         )
-        if edge.strip():
-            line += (
-                f"; on them the template's own words {edge.strip()!r} are cut too, so "
-                "templates that differ only there are the same on those rows"
-            )
-        yield line
     yield f"{file}: ok (nothing trained, nothing written)"

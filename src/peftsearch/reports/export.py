@@ -302,6 +302,27 @@ def _fmt(row: dict[str, Any] | None, metric: str, what: str) -> str:
     return f"| {what} | {row['trial']} | {row['metric']:.4f} | {row['params']:,} | {pct} |"
 
 
+def _prompt_lines(study: Any, trial: Any, params: dict[str, Any]) -> list[str]:
+    """The README's lines on the trial's label words (found by the model or written) and
+    its few-shot demonstrations."""
+    lines = []
+    name = params.get("verbalizer")
+    if name:
+        words = (study.user_attrs.get("space") or {}).get("verbalizers", {}).get(name, {})
+        found = name in ((study.user_attrs.get("auto_verbalizers") or {}).get("words") or {})
+        shown = "; ".join(f"{label}: {', '.join(map(repr, w))}" for label, w in words.items())
+        origin = "found by the model (`verbalizers: {auto: ...}`)" if found else "written"
+        lines.append(f"- verbalizer `{name}`, {origin}: {shown}")
+    rows = trial.user_attrs.get("demo_rows")
+    if rows:
+        lines.append(
+            f"- demonstrations: {params.get('n_demos')} per class in `{{demos}}`, train rows "
+            f"{', '.join(map(str, rows))} (drawn with the study's seed; `search train` "
+            "draws the same and saves their text in `inference.json`)"
+        )
+    return lines
+
+
 def _readme(
     study: Any,
     trial: Any,
@@ -400,6 +421,7 @@ def _readme(
         "",
         f"- adapter: {adapter}",
         f"- template `{params['template']}`: `{template_shown}`",
+        *_prompt_lines(study, trial, params),
         "- learning rates: "
         + ", ".join(f"{g['part']} {g['lr']:.4g}" for g in optimizer_groups(params)["groups"])
         + f"; batch size {params['batch_size']}, "

@@ -205,6 +205,7 @@ class ReportData:
     curves: list[LossCurve]
     table: list[dict[str, Any]] = field(default_factory=list)  # pareto.pareto_rows
     zero_shot: list[dict[str, Any]] = field(default_factory=list)  # zero_shot_rows
+    found_words: dict[str, Any] = field(default_factory=dict)  # verbalizers.auto
     pruning: PruningInfo = field(
         default_factory=lambda: PruningInfo([], [], 0, 0, ComputeSaved(0, 0, 0, None, 0))
     )
@@ -732,30 +733,42 @@ def summary(study: optuna.Study) -> Summary:
 
 
 def zero_shot_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """model.head verbalizer: per template x verbalizer, the untrained model's metric (the
-    ``zero_shot`` study attribute), the best trained trial's and what training added."""
-    zero = study.user_attrs.get("zero_shot") or {}
-    best: dict[tuple[str, str], tuple[float, int]] = {}
+    """model.head verbalizer: per template x verbalizer (x demonstrations per class, when
+    searched), the untrained model's metric (the ``zero_shot`` and ``zero_shot_demos`` study
+    attributes), the best trained trial's with the same prompt and what training added."""
+    zero = {0: study.user_attrs.get("zero_shot") or {}}
+    for k, scores in (study.user_attrs.get("zero_shot_demos") or {}).items():
+        zero[int(k)] = scores
+    best: dict[tuple[str, str, int], tuple[float, int]] = {}
     for t in _complete(study):
         config = _config(study, t)
-        key = (str(config.get("template")), str(config.get("verbalizer")))
+        demos = int(config.get("n_demos") or 0) if "demo_rows" in t.user_attrs else 0
+        key = (str(config.get("template")), str(config.get("verbalizer")), demos)
         if t.values[1] > 0 and (key not in best or t.values[0] > best[key][0]):
             best[key] = (t.values[0], t.number)
     rows = []
-    for template, by_verbalizer in zero.items():
-        for verbalizer, value in by_verbalizer.items():
-            trained = best.get((template, verbalizer))
-            rows.append(
-                {
-                    "template": template,
-                    "verbalizer": verbalizer,
-                    "zero_shot": float(value),
-                    "best_trained": None if trained is None else trained[0],
-                    "best_trial": None if trained is None else trained[1],
-                    "gain": None if trained is None else trained[0] - float(value),
-                }
-            )
+    for demos, by_template in sorted(zero.items()):
+        for template, by_verbalizer in by_template.items():
+            for verbalizer, value in by_verbalizer.items():
+                trained = best.get((template, verbalizer, demos))
+                rows.append(
+                    {
+                        "template": template,
+                        "verbalizer": verbalizer,
+                        "demos": demos,
+                        "zero_shot": float(value),
+                        "best_trained": None if trained is None else trained[0],
+                        "best_trial": None if trained is None else trained[1],
+                        "gain": None if trained is None else trained[0] - float(value),
+                    }
+                )
     return rows
+
+
+def found_words(study: optuna.Study) -> dict[str, Any]:
+    """``verbalizers: {auto: ...}``: the found verbalizers and each class's 10 best words
+    (the ``auto_verbalizers`` study attribute), or {}."""
+    return study.user_attrs.get("auto_verbalizers") or {}
 
 
 def compute_report(study: optuna.Study) -> ReportData:
@@ -769,6 +782,7 @@ def compute_report(study: optuna.Study) -> ReportData:
         curves=loss_curves(study),
         table=pareto_rows(study),
         zero_shot=zero_shot_rows(study),
+        found_words=found_words(study),
         pruning=pruning_info(study),
         step_curves=step_curves(study),
         steps_history=hypervolume_by_steps(study),

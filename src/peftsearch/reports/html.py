@@ -686,7 +686,11 @@ def _zero_shot_figure(rows: list[dict[str, Any]], metric: str) -> str:
     """Per template x verbalizer: the untrained score beside the best trained trial's."""
     import plotly.graph_objects as go
 
-    labels = [f"{pesc(r['template'])} × {pesc(r['verbalizer'])}" for r in rows]
+    labels = [
+        f"{pesc(r['template'])} × {pesc(r['verbalizer'])}"
+        + (f" × {r['demos']} demos" if r.get("demos") else "")
+        for r in rows
+    ]
     fig = go.Figure()
     for key, name, color in (
         ("zero_shot", "zero-shot", FADED),
@@ -715,19 +719,50 @@ def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
     def num(x: Any, fmt: str = "{:.4f}") -> str:
         return "" if x is None else fmt.format(x)
 
+    demos = any(r.get("demos") for r in rows)
     head = (
-        f"<tr><th>template</th><th>verbalizer</th><th>zero-shot {esc(metric)}</th>"
+        "<tr><th>template</th><th>verbalizer</th>"
+        + ("<th>demos / class</th>" if demos else "")
+        + f"<th>zero-shot {esc(metric)}</th>"
         f"<th>best trained {esc(metric)}</th><th>trial</th><th>gain</th></tr>"
     )
     body = "".join(
         f"<tr><td>{esc(r['template'])}</td><td>{esc(r['verbalizer'])}</td>"
-        f'<td class="num">{num(r["zero_shot"])}</td>'
+        + (f'<td class="num">{int(r.get("demos") or 0)}</td>' if demos else "")
+        + f'<td class="num">{num(r["zero_shot"])}</td>'
         f'<td class="num">{num(r["best_trained"])}</td>'
         f'<td class="num">{num(r["best_trial"], "{}")}</td>'
         f'<td class="num">{num(r["gain"], "{:+.4f}")}</td></tr>'
         for r in rows
     )
     return f'<table id="zero-shot">{head}{body}</table>'
+
+
+def _found_words_table(found: dict[str, Any]) -> str:
+    """The verbalizers found by the model, and each class's best words by likelihood ratio."""
+    if not found:
+        return ""
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>"
+        + "; ".join(
+            f"{esc(label)}: " + ", ".join(f"<code>{esc(repr(w))}</code>" for w in words)
+            for label, words in by_label.items()
+        )
+        + "</td></tr>"
+        for name, by_label in found.get("words", {}).items()
+    )
+    ranking = "".join(
+        f"<tr><td>{esc(label)}</td><td>"
+        + ", ".join(f"<code>{esc(repr(w))}</code> {float(v):+.2f}" for w, v in ranked)
+        + "</td></tr>"
+        for label, ranked in found.get("ranking", {}).items()
+    )
+    return (
+        '<h3>Label words found by the model</h3><table id="found-words">'
+        f"<tr><th>verbalizer</th><th>words</th></tr>{rows}</table>"
+        f'<table id="found-ranking"><tr><th>class</th><th>best words (log-likelihood ratio '
+        f"over {len(found.get('rows', []))} train rows)</th></tr>{ranking}</table>"
+    )
 
 
 def _json(value: Any) -> str:
@@ -910,11 +945,16 @@ def render(data: ReportData) -> str:
                     _section(
                         "Zero-shot and trained, per template and verbalizer",
                         _box(_zero_shot_figure(data.zero_shot, metric))
-                        + _zero_shot_table(data.zero_shot, metric),
+                        + _zero_shot_table(data.zero_shot, metric)
+                        + _found_words_table(data.found_words),
                         "The untrained language model's score for each template and verbalizer "
-                        "(grey, scored once per study) beside the best trained trial with the "
-                        "same pair (red), and what training added. No red bar or an empty cell: "
-                        "no trained trial with that pair yet.",
+                        "(grey, scored once per study; with demonstrations searched, also with "
+                        "each number of them per class) beside the best trained trial with the "
+                        "same prompt (red), and what training added. No red bar or an empty "
+                        "cell: no trained trial with that prompt yet. Verbalizers auto-N hold "
+                        "label words the model found (verbalizers.auto): the likeliest words on "
+                        "each class's train rows, ranked by how much likelier they are there "
+                        "than on the other classes' rows.",
                     )
                 ]
                 if data.zero_shot

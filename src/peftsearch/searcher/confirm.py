@@ -79,7 +79,7 @@ def run_confirm(
     from peftsearch.logs import step_bar
     from peftsearch.objectives.runner import TrialRunner
     from peftsearch.reports.trials import trial_params
-    from peftsearch.searcher.study import open_study, pack_size
+    from peftsearch.searcher.study import found_words, open_study, pack_size
 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -88,6 +88,7 @@ def run_confirm(
     if epochs is not None and (budget != "full" or epochs < 1):
         raise UserError(f"--epochs {epochs}: only with --budget full, and at least 1")
     study = open_study(space, create=False)
+    space = found_words(study, space)  # verbalizers.auto: the words the search found
     chosen = _chosen(study, trials)
     have = set(study.user_attrs)
     base = space.study.seed
