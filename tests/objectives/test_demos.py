@@ -121,3 +121,12 @@ def test_n_demos_needs_a_template_with_the_slot(tmp_path, tiny_llama, sentiment_
         _space(tmp_path, tiny_llama, sentiment_csv, templates={"plain": "{text} it was"})
     with pytest.raises(SpaceError, match=r"\{demos\} may appear once"):
         _space(tmp_path, tiny_llama, sentiment_csv, templates={"x": "{demos}{text}{demos}"})
+
+
+def test_validate_names_the_demonstrations(tmp_path, tiny_llama, sentiment_csv) -> None:
+    from tests.conftest import run_cli
+
+    space = _space(tmp_path, tiny_llama, sentiment_csv)
+    proc = run_cli("validate", str(space.file), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "demonstrations: 1, 2 per class (n_demos) in the {demos} slot of shots;" in proc.stdout

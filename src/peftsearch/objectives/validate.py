@@ -11,7 +11,7 @@ from typing import Any
 from peftsearch.errors import SpaceError
 from peftsearch.objectives.data import load_splits
 from peftsearch.objectives.model import model_error
-from peftsearch.spaces import DEMOS, CategoricalDist, IntDist, Space, render
+from peftsearch.spaces import DEMOS, CategoricalDist, IntDist, Space, has_slot, render
 
 
 def _max_prompt_length(space: Space) -> int:
@@ -133,5 +133,22 @@ def check_space(space: Space) -> Iterator[str]:
             f"their text is cut at its {space.data.truncation} (tokens cut: mean "
             f"{sum(over) / cut:.1f}, median {statistics.median(over):g}, max {max(over):,}), "
             f"the template's own words ({own} tokens) are kept"
+        )
+    auto = space.auto_verbalizers
+    if auto is not None:
+        yield (
+            f"verbalizers.auto: {auto.n} verbalizer(s) of {auto.k} word(s) per class "
+            f"({', '.join(space.auto_names)}), found by the model on {auto.rows} train rows per "
+            "class when `search run` starts, then stored on the study"
+        )
+    from peftsearch.searcher.study import demo_counts
+
+    counts = demo_counts(space)
+    if counts:
+        with_slot = [n for n, t in space.templates.items() if has_slot(t, DEMOS)]
+        yield (
+            f"demonstrations: {', '.join(map(str, counts))} per class (n_demos) in the {{demos}} "
+            f"slot of {', '.join(with_slot)}; each one's text is cut to max_length / "
+            "(demonstrations + 1) tokens, and long rows lose demonstrations before their text"
         )
     yield f"{file}: ok (nothing trained, nothing written)"
