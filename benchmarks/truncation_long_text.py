@@ -19,7 +19,9 @@ def old_ids(tok, template: str, texts: list[str], max_length: int) -> list[list[
 
 def new_ids(tok, template: str, df, max_length: int, side: str) -> list[list[int]]:
     enc = encode(df, template, tok, max_length, ["text"], truncation=side)
-    return [row[m.bool()].tolist() for row, m in zip(enc.input_ids, enc.attention_mask)]
+    return [
+        row[m.bool()].tolist() for row, m in zip(enc.input_ids, enc.attention_mask, strict=True)
+    ]
 
 
 def main(path: str = "benchmarks/space_political.yaml") -> None:
@@ -46,11 +48,12 @@ def main(path: str = "benchmarks/space_political.yaml") -> None:
         ),
     ):
         kept = sum(x[-1 - len(suffix) : -1] == suffix for x in ids_a)
-        differ = sum(x != y for x, y in zip(ids_a, ids_b))
+        differ = sum(x != y for x, y in zip(ids_a, ids_b, strict=True))
         longest = max(map(len, ids_a))
         print(
             f"  {name}: 'party' keeps its suffix on {kept}/{len(texts)} rows; 'party' and "
-            f"'convention' differ on {differ}/{len(texts)} rows ({100 * differ / len(texts):.0f} %); "
+            f"'convention' differ on {differ}/{len(texts)} rows "
+            f"({100 * differ / len(texts):.0f} %); "
             f"longest row {longest} tokens"
         )
 

@@ -76,7 +76,7 @@ def text(
             values["mask"] = word.strip()
             worded = render(template, values)
         else:
-            worded = render(template, values) + word
+            worded = f"{render(template, values)}{word}"
         parts.append(str(worded).strip() + SEPARATOR)
     return "".join(parts)
 

@@ -147,7 +147,7 @@ class TrialRunner:
             spec = self.space
             tmpl = spec.templates[template]
             args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 "mask": spec.lm_kind == "masked",
                 "truncation": spec.data.truncation,
                 "demos": demo_text,
@@ -344,10 +344,10 @@ class TrialRunner:
     def score_result(self, params: dict[str, Any], result: Any, split: str = "eval") -> float:
         """The metric of an :class:`EvalResult` of a trial of ``params`` (``split`` "test":
         on the test split, full budget only)."""
-        eval_data = self.encoded(params)[1]
+        eval_data: Encoded | None = self.encoded(params)[1]
         if split == "test":
             eval_data = self.tested(params)
-            assert eval_data is not None, "a test score needs the full budget"
+        assert eval_data is not None, "a test score needs the full budget"
         return float(
             score(
                 self._metric,

@@ -143,11 +143,11 @@ def check_space(space: Space) -> Iterator[str]:
         )
     from peftsearch.searcher.study import demo_counts
 
-    counts = demo_counts(space)
-    if counts:
+    shots = demo_counts(space)
+    if shots:
         with_slot = [n for n, t in space.templates.items() if has_slot(t, DEMOS)]
         yield (
-            f"demonstrations: {', '.join(map(str, counts))} per class (n_demos) in the {{demos}} "
+            f"demonstrations: {', '.join(map(str, shots))} per class (n_demos) in the {{demos}} "
             f"slot of {', '.join(with_slot)}; each one's text is cut to max_length / "
             "(demonstrations + 1) tokens, and long rows lose demonstrations before their text"
         )
