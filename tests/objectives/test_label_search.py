@@ -42,6 +42,7 @@ def _space(folder: Path, model: Path, data: Path, kind: str = "causal", **auto):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["verbalizers"]["auto"] = {"k": 2, "n": 2, "rows": 40, **auto}
     del raw["params"]["verbalizer"]  # the default: every verbalizer, found ones included
+    raw["study"]["enqueue"] = [{"verbalizer": "auto-2"}]
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return load_space(path)
 
@@ -89,6 +90,17 @@ def test_found_words_are_deterministic_stored_once_and_searched(
         assert f"<td>{name}</td>" in table
         for word in by_label["pos"]:
             assert f"<code>{html_mod.escape(repr(word))}</code>" in table
+    # An exported trial of a found verbalizer is a plain space file with those words, its
+    # README says they were found, and `search train` can load it.
+    from peftsearch.reports.export import export_trial
+
+    auto = next(t for t in study.trials if str(t.params.get("verbalizer", "")).startswith("auto"))
+    to = export_trial(study, auto.number, tmp_path / "exp")
+    exported = load_space(to / "config.yaml")
+    name = auto.params["verbalizer"]
+    assert exported.verbalizers == {name: words[name]} and exported.auto_verbalizers is None
+    readme = (to / "README.md").read_text(encoding="utf-8")
+    assert f"verbalizer `{name}`, found by the model" in readme
     # A second run reads the stored words: it does not search again.
     calls = []
     real = TrialRunner.find_label_words

@@ -279,7 +279,9 @@ def _record_study(
         )
 
 
-def found_words(study: Any, space: Space, runner: Any | None = None) -> Space:
+def found_words(
+    study: Any, space: Space, runner: Any | None = None, warn: Callable[[str], None] = _warn
+) -> Space:
     """``verbalizers: {auto: ...}``: ``space`` with the found verbalizers' words, found once
     per study by ``runner`` and stored as the ``auto_verbalizers`` study attribute (several
     workers that find them at once find the same words: the search is deterministic).
@@ -293,8 +295,15 @@ def found_words(study: Any, space: Space, runner: Any | None = None) -> Space:
                 f"study {space.study_name!r} holds no found label words yet "
                 "(verbalizers.auto): `search run` finds them first"
             )
-        stored = runner.find_label_words()
+        stored = {**runner.find_label_words(), "config": space.auto_verbalizers.model_dump()}
         study.set_user_attr("auto_verbalizers", stored)
+    elif stored.get("config", space.auto_verbalizers.model_dump()) != (
+        space.auto_verbalizers.model_dump()
+    ):
+        warn(
+            f"{space.file}: verbalizers.auto differs from the one this study found its words "
+            f"with ({stored['config']}); the stored words stay"
+        )
     space = space.with_words(stored["words"])
     if runner is not None:
         runner.space = space
@@ -548,7 +557,7 @@ def run_trials(
     check_storage(space)  # and storage problems
     out = _prepare_output(space)
     study = open_study(space)
-    space = found_words(study, space, runner)  # verbalizers.auto: found once, then stored
+    space = found_words(study, space, runner, warn)  # verbalizers.auto: found once, stored
     url = resolve_url(space)
     n_trials = space.study.n_trials
     outcome = RunOutcome(space.study_name, display_url(url), out, {})

@@ -357,8 +357,12 @@ class Space(_Section):
             )
         labels = list(self.data.labels)
         for name, mapping in self.verbalizers.items():
-            if name.startswith(f"{AUTO}-"):
-                fail(f"names {AUTO}-N are kept for the found verbalizers", "verbalizers", name)
+            if name in self.auto_names:  # an exported config holds found words by that name
+                fail(
+                    f"{name} is the name of a found verbalizer (verbalizers.auto); rename it",
+                    "verbalizers",
+                    name,
+                )
             missing = [label for label in labels if label not in mapping]
             extra = [label for label in mapping if label not in labels]
             if missing or extra:
