@@ -40,11 +40,9 @@ def main(path: str = "benchmarks/space_smollm2_prompts.yaml") -> None:
                 )
                 for group in ("auto", "written")
             }
-            kept = {v: runner.space.verbalizers[v] for v in best.values()}
-            runner.space = runner.space.model_copy(update={"verbalizers": kept})
-            out["demos_verbalizers"] = sorted(kept)
+            out["demos_verbalizers"] = sorted(best.values())
         t0 = time.perf_counter()
-        scores = runner.zero_shot(k)
+        scores = runner.zero_shot(k, out.get("demos_verbalizers"))
         out[f"zero_shot_{k}"] = scores
         out[f"zero_shot_{k}_seconds"] = round(time.perf_counter() - t0, 1)
         print(k, json.dumps(scores), out[f"zero_shot_{k}_seconds"], "s", file=sys.stderr)

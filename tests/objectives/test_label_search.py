@@ -58,26 +58,27 @@ def test_found_words_are_deterministic_stored_once_and_searched(
     found = TrialRunner(space).find_label_words()
     again = TrialRunner(_space(tmp_path / "b", model, sentiment_csv, kind)).find_label_words()
     assert found == again  # deterministic given the seed
-    words = found["words"]
-    assert set(words) == {"auto-1", "auto-2"}
-    assert all(len(w) == 2 for v in words.values() for w in v.values())
+    words = found["words"]  # per template: each prediction point has its own words
+    assert set(words) == set(space.templates)
+    assert all(set(by_name) == {"auto-1", "auto-2"} for by_name in words.values())
+    assert all(len(w) == 2 for t in words.values() for v in t.values() for w in v.values())
     held = set(TrialRunner(space).splits.validation["row"]) | set(
         TrialRunner(space).splits.test["row"]
     )
     assert not set(found["rows"]) & held and len(found["rows"]) == 80
     # Every word's first token is its own class's only (the engine's rule), across both.
     runner = TrialRunner(space.with_words(words))
-    firsts = {}
-    for name in words:
-        for c, ids in enumerate(runner.label_tokens(name)):
-            for t in ids:
-                assert firsts.setdefault(t, c) == c
+    for template, by_name in words.items():
+        firsts: dict[int, int] = {}
+        for name in by_name:
+            for c, ids in enumerate(runner.label_tokens(name, template)):
+                for t in ids:
+                    assert firsts.setdefault(t, c) == c
 
     run_study(space, show_progress=False)
     study = open_study(space, create=False)
     assert study.user_attrs["auto_verbalizers"]["words"] == words
     assert "auto-1" in study.user_attrs["zero_shot"]["plain"]
-    assert study.user_attrs["space"]["verbalizers"]["auto-2"] == words["auto-2"]
     # The report shows the found words, escaped.
     import html as html_mod
 
@@ -86,10 +87,11 @@ def test_found_words_are_deterministic_stored_once_and_searched(
 
     page = render(compute_report(study))
     table = page.split('<table id="found-words">', 1)[1].split("</table>", 1)[0]
-    for name, by_label in words.items():
-        assert f"<td>{name}</td>" in table
-        for word in by_label["pos"]:
-            assert f"<code>{html_mod.escape(repr(word))}</code>" in table
+    for template, by_name in words.items():
+        for name, by_label in by_name.items():
+            row = table.split(f"<tr><td>{template}</td><td>{name}</td>", 1)[1].split("</tr>")[0]
+            for word in by_label["pos"]:
+                assert f"<code>{html_mod.escape(repr(word))}</code>" in row
     # An exported trial of a found verbalizer is a plain space file with those words, its
     # README says they were found, and `search train` can load it.
     from peftsearch.reports.export import export_trial
@@ -97,8 +99,9 @@ def test_found_words_are_deterministic_stored_once_and_searched(
     auto = next(t for t in study.trials if str(t.params.get("verbalizer", "")).startswith("auto"))
     to = export_trial(study, auto.number, tmp_path / "exp")
     exported = load_space(to / "config.yaml")
-    name = auto.params["verbalizer"]
-    assert exported.verbalizers == {name: words[name]} and exported.auto_verbalizers is None
+    name, template = auto.params["verbalizer"], auto.params["template"]
+    assert exported.verbalizers == {name: words[template][name]}
+    assert exported.auto_verbalizers is None
     readme = (to / "README.md").read_text(encoding="utf-8")
     assert f"verbalizer `{name}`, found by the model" in readme
     # A second run reads the stored words: it does not search again.
@@ -125,5 +128,6 @@ def test_too_few_words_for_n_verbalizers_is_a_clear_error(
     tmp_path, tiny_llama, sentiment_csv
 ) -> None:
     space = _space(tmp_path, tiny_llama, sentiment_csv, k=20, n=10)
-    with pytest.raises(SpaceError, match=r"verbalizers.auto: the model's ranking holds \d+ words"):
+    want = r"verbalizers.auto: under template 'plain' the model's ranking holds \d+ words"
+    with pytest.raises(SpaceError, match=want):
         TrialRunner(space).find_label_words()

@@ -36,12 +36,13 @@ def pick(train: pd.DataFrame, k: int, seed: int, n_labels: int) -> pd.DataFrame:
     return train.iloc[[chosen[i] for i in order]]
 
 
-def answers(space: Any, verbalizer: str | None) -> list[str]:
+def answers(space: Any, verbalizer: str | None, template: str) -> list[str]:
     """What follows each class's demonstration: the verbalizer's first label word (the word
     the model is trained to predict), or with a classifier head the label's name."""
     labels = list(space.data.labels)
     if space.lm_kind is not None and verbalizer is not None:
-        return [space.verbalizers[verbalizer][label][0] for label in labels]
+        words = space.words(verbalizer, template)
+        return [words[label][0] for label in labels]
     return [f" {label}" for label in labels]
 
 
@@ -100,7 +101,7 @@ def for_params(
         template,
         rows,
         list(space.data.text_columns),
-        answers(space, verbalizer),
+        answers(space, verbalizer, params["template"]),
         tokenizer,
         space.model.max_length,
         space.lm_kind == "masked",

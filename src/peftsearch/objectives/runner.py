@@ -82,7 +82,7 @@ class TrialRunner:
         self._metric: Any = None
         self._versions: dict[str, str] | None = None
         self._engine: Any = None
-        self._label_tokens: dict[str, list[list[int]]] = {}
+        self._label_tokens: dict[tuple[str, str], list[list[int]]] = {}
         self._demos: dict[tuple[str, int, str | None], tuple[str, list[int]]] = {}
 
     @property
@@ -171,31 +171,36 @@ class TrialRunner:
         self.encoded(params)
         return self._test.get((params["template"], self.demos(params)[0]))
 
-    def label_tokens(self, verbalizer: str) -> list[list[int]]:
-        """Each class's label words as the first token id of each word (see
+    def label_tokens(self, verbalizer: str, template: str | None = None) -> list[list[int]]:
+        """Each class's label words (``verbalizer``'s, under ``template``: found verbalizers
+        have words per template) as the first token id of each word (see
         ``PackedEngine._verbalize`` for why the first token).
 
         Raises:
             SpaceError: a word with no tokens, or words of two classes that start with the
                 same token (their scores could not differ).
         """
-        if verbalizer not in self._label_tokens:
+        spec = self.space
+        template = template or next(iter(spec.templates))
+        key = (verbalizer, template if verbalizer not in spec.verbalizers else "")
+        if key not in self._label_tokens:
             self.setup()
-            spec = self.space
-            self._label_tokens[verbalizer] = label_token_ids(
+            self._label_tokens[key] = label_token_ids(
                 self._tokenizer,
                 spec.data.labels,
-                spec.verbalizers[verbalizer],
+                spec.words(verbalizer, template),
                 str(spec.file),
                 f"verbalizers.{verbalizer}",
             )
-        return self._label_tokens[verbalizer]
+        return self._label_tokens[key]
 
-    def zero_shot(self, n_demos: int = 0) -> dict[str, dict[str, float]]:
+    def zero_shot(
+        self, n_demos: int = 0, verbalizers: list[str] | None = None
+    ) -> dict[str, dict[str, float]]:
         """The metric of the untrained LM for every template x verbalizer (model.head
         verbalizer): what each template and verbalizer gives before any training. With
         ``n_demos``, the templates with a ``{demos}`` slot only, holding that many
-        demonstrations per class."""
+        demonstrations per class; ``verbalizers``: these only (default: all)."""
         spec = self.space
         out: dict[str, dict[str, float]] = {}
         engine = self.engine
@@ -203,7 +208,7 @@ class TrialRunner:
             if n_demos and not has_slot(tmpl, DEMOS):
                 continue
             out[template] = {}
-            for verbalizer in spec.verbalizers:
+            for verbalizer in verbalizers or spec.verbalizer_names:
                 params = {
                     **self._fixed(),
                     "template": template,
@@ -211,7 +216,8 @@ class TrialRunner:
                     "n_demos": n_demos,
                 }
                 eval_data = self.encoded(params)[1]
-                result = engine.score_untrained(params, eval_data, self.label_tokens(verbalizer))
+                tokens = self.label_tokens(verbalizer, template)
+                result = engine.score_untrained(params, eval_data, tokens)
                 out[template][verbalizer] = score(
                     self._metric,
                     spec.objectives.metric,
@@ -222,8 +228,9 @@ class TrialRunner:
         return out
 
     def find_label_words(self) -> dict[str, Any]:
-        """``verbalizers: {auto: ...}``: the found verbalizers (``words``: ``auto-i`` ->
-        {label: [words]}) and how they were found (rows, per class the 10 best words and
+        """``verbalizers: {auto: ...}``: the found verbalizers, per template (``words``:
+        template -> ``auto-i`` -> {label: [words]}: each template's prediction point has its
+        own), and how they were found (rows; per template and class the 10 best words and
         their log-likelihood ratios); see :mod:`peftsearch.objectives.label_search`.
 
         Raises:
@@ -256,24 +263,29 @@ class TrialRunner:
                 raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
             logprobs.append(self.engine.vocab_logprobs(params, data))
         target = torch.tensor(rows["label"].to_numpy())
-        ranked = ls.rank(logprobs, target, len(labels), words)
-        found = ls.verbalizers(ranked, labels, words, auto.k, auto.n)
-        if len(found) < auto.n:
-            short = min(len(r) for r in ranked)
-            raise SpaceError(
-                str(spec.file),
-                "verbalizers.auto",
-                f"the model's ranking holds {short} words for a class, too few for n {auto.n} "
-                f"verbalizers of k {auto.k} words; lower k or n",
-            )
+        found: dict[str, Any] = {}
+        ranking: dict[str, Any] = {}
+        for template, logp in zip(spec.templates, logprobs, strict=True):
+            ranked = ls.rank([logp], target, len(labels), words)
+            found[template] = ls.verbalizers(ranked, labels, words, auto.k, auto.n)
+            ranking[template] = {
+                label: [[words[t], round(v, 4)] for t, v in ranked[c][:10]]
+                for c, label in enumerate(labels)
+            }
+            if len(found[template]) < auto.n:
+                short = min(len(r) for r in ranked)
+                raise SpaceError(
+                    str(spec.file),
+                    "verbalizers.auto",
+                    f"under template {template!r} the model's ranking holds {short} words for "
+                    f"a class, too few for n {auto.n} verbalizers of k {auto.k} words; lower k "
+                    "or n",
+                )
         return {
             "words": found,
             "rows": rows["row"].tolist(),
             "templates": list(spec.templates),
-            "ranking": {
-                label: [[words[t], round(v, 4)] for t, v in ranked[c][:10]]
-                for c, label in enumerate(labels)
-            },
+            "ranking": ranking,
         }
 
     def _fixed(self) -> dict[str, Any]:
@@ -309,7 +321,7 @@ class TrialRunner:
         train_data, eval_data = self.encoded(params)
         tokens = None
         if self.space.lm_kind is not None:
-            tokens = self.label_tokens(params["verbalizer"])
+            tokens = self.label_tokens(params["verbalizer"], params["template"])
         seed = self.space.study.seed if seed is None else seed
         engine.add(
             key,

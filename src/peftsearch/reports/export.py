@@ -93,7 +93,7 @@ def _config_yaml(
         "data": data,
         "templates": {params["template"]: template},
         **(
-            {"verbalizers": {params["verbalizer"]: space["verbalizers"][params["verbalizer"]]}}
+            {"verbalizers": {params["verbalizer"]: _words(study, space, params)}}
             if params.get("verbalizer")
             else {}
         ),
@@ -302,14 +302,27 @@ def _fmt(row: dict[str, Any] | None, metric: str, what: str) -> str:
     return f"| {what} | {row['trial']} | {row['metric']:.4f} | {row['params']:,} | {pct} |"
 
 
+def _words(study: Any, space: dict[str, Any], params: dict[str, Any]) -> dict[str, list[str]]:
+    """The label words of the trial's verbalizer: written in the space, or found by the model
+    for its template (the ``auto_verbalizers`` study attribute)."""
+    name, template = params["verbalizer"], params["template"]
+    if name in space.get("verbalizers", {}):
+        return dict(space["verbalizers"][name])
+    found = (study.user_attrs.get("auto_verbalizers") or {}).get("words", {})
+    if name not in found.get(template, {}):
+        raise UserError(f"verbalizer {name!r} under template {template!r} is not in the study")
+    return dict(found[template][name])
+
+
 def _prompt_lines(study: Any, trial: Any, params: dict[str, Any]) -> list[str]:
     """The README's lines on the trial's label words (found by the model or written) and
     its few-shot demonstrations."""
     lines = []
     name = params.get("verbalizer")
     if name:
-        words = (study.user_attrs.get("space") or {}).get("verbalizers", {}).get(name, {})
-        found = name in ((study.user_attrs.get("auto_verbalizers") or {}).get("words") or {})
+        space = study.user_attrs.get("space") or {}
+        words = _words(study, space, params)
+        found = name not in space.get("verbalizers", {})
         shown = "; ".join(f"{label}: {', '.join(map(repr, w))}" for label, w in words.items())
         origin = "found by the model (`verbalizers: {auto: ...}`)" if found else "written"
         lines.append(f"- verbalizer `{name}`, {origin}: {shown}")

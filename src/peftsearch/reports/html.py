@@ -739,29 +739,33 @@ def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def _found_words_table(found: dict[str, Any]) -> str:
-    """The verbalizers found by the model, and each class's best words by likelihood ratio."""
+    """The verbalizers found by the model per template, and each class's best words by
+    likelihood ratio."""
     if not found:
         return ""
     rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>"
+        f"<tr><td>{esc(template)}</td><td>{esc(name)}</td><td>"
         + "; ".join(
             f"{esc(label)}: " + ", ".join(f"<code>{esc(repr(w))}</code>" for w in words)
             for label, words in by_label.items()
         )
         + "</td></tr>"
-        for name, by_label in found.get("words", {}).items()
+        for template, by_name in found.get("words", {}).items()
+        for name, by_label in by_name.items()
     )
     ranking = "".join(
-        f"<tr><td>{esc(label)}</td><td>"
+        f"<tr><td>{esc(template)}</td><td>{esc(label)}</td><td>"
         + ", ".join(f"<code>{esc(repr(w))}</code> {float(v):+.2f}" for w, v in ranked)
         + "</td></tr>"
-        for label, ranked in found.get("ranking", {}).items()
+        for template, by_label in found.get("ranking", {}).items()
+        for label, ranked in by_label.items()
     )
     return (
         '<h3>Label words found by the model</h3><table id="found-words">'
-        f"<tr><th>verbalizer</th><th>words</th></tr>{rows}</table>"
-        f'<table id="found-ranking"><tr><th>class</th><th>best words (log-likelihood ratio '
-        f"over {len(found.get('rows', []))} train rows)</th></tr>{ranking}</table>"
+        f"<tr><th>template</th><th>verbalizer</th><th>words</th></tr>{rows}</table>"
+        '<table id="found-ranking"><tr><th>template</th><th>class</th><th>best words '
+        f"(log-likelihood ratio over {len(found.get('rows', []))} train rows)</th></tr>"
+        f"{ranking}</table>"
     )
 
 

@@ -232,9 +232,28 @@ class Space(_Section):
         n = self.auto_verbalizers.n if self.auto_verbalizers is not None else 0
         return [f"{AUTO}-{i}" for i in range(1, n + 1)]
 
-    def with_words(self, found: dict[str, dict[str, list[str]]]) -> Space:
-        """This space with the found verbalizers' words (``auto-i`` -> {label: [words]})."""
-        return self.model_copy(update={"verbalizers": {**self.verbalizers, **found}})
+    def with_words(self, found: dict[str, dict[str, dict[str, list[str]]]]) -> Space:
+        """This space with the found verbalizers' words: template -> ``auto-i`` -> {label:
+        [words]} (found per template: each template's prediction point has its own)."""
+        out = self.model_copy()
+        out._found = {t: dict(v) for t, v in found.items()}
+        return out
+
+    @property
+    def verbalizer_names(self) -> list[str]:
+        """Every verbalizer a trial may use: the written ones, then the found ones."""
+        return [*self.verbalizers, *self.auto_names]
+
+    def words(self, verbalizer: str, template: str) -> dict[str, list[str]]:
+        """The label words of ``verbalizer`` under ``template`` (found verbalizers have their
+        own per template; see :meth:`with_words`).
+
+        Raises:
+            KeyError: a found verbalizer whose words are not found yet.
+        """
+        if verbalizer in self.verbalizers:
+            return self.verbalizers[verbalizer]
+        return self._found[template][verbalizer]
 
     @field_validator("verbalizers", mode="before")
     @classmethod
@@ -399,6 +418,7 @@ class Space(_Section):
 
     # -- derived, filled by load_space ------------------------------------------------------
     _file: Path = Path("space.yaml")
+    _found: dict[str, dict[str, dict[str, list[str]]]] = {}
 
     @property
     def file(self) -> Path:
