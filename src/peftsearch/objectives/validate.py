@@ -138,8 +138,8 @@ def check_space(space: Space) -> Iterator[str]:
     if auto is not None:
         yield (
             f"verbalizers.auto: {auto.n} verbalizer(s) of {auto.k} word(s) per class "
-            f"({', '.join(space.auto_names)}), found by the model on {auto.rows} train rows per "
-            "class when `search run` starts, then stored on the study"
+            f"({', '.join(space.auto_names)}), found by the model per template on {auto.rows} "
+            "train rows per class when `search run` starts, then stored on the study"
         )
     from peftsearch.searcher.study import demo_counts
 
