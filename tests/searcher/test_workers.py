@@ -343,3 +343,74 @@ def _password(url: str) -> str:
     password = make_url(url).password
     assert password
     return str(password)
+
+
+class _SwallowedCtrlC(InstantRunner):
+    """Presses Ctrl-C at step 2 of the first trial from inside a finalizer, where Python's
+    default handler raises KeyboardInterrupt into ``__del__`` and only prints "Exception
+    ignored" (what sqlalchemy's pool finalizers did to a CI run: the run went on to exit 0)."""
+
+    pressed = False
+
+    def run(self, params: dict[str, Any], on_step: Any = None) -> _Result:
+        for step in range(1, 6):
+            if step == 2 and not _SwallowedCtrlC.pressed:
+                _SwallowedCtrlC.pressed = True
+
+                class _Finalizer:
+                    def __del__(self) -> None:
+                        os.kill(os.getpid(), signal.SIGINT)
+                        for _ in range(1000):  # the handler runs between these bytecodes
+                            pass
+
+                _Finalizer()  # dropped at once: __del__ runs here, the interrupt is "ignored"
+            if on_step is not None:
+                on_step(step, 5)
+        return super().run(params, on_step)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run(write_space) -> None:
+    space = _fast_space(write_space, 3)
+    _SwallowedCtrlC.pressed = False
+    outcome = run_study(space, _SwallowedCtrlC(space), show_progress=False)
+    assert _SwallowedCtrlC.pressed
+    assert outcome.interrupted
+    trials = open_study(space, create=False).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["interrupted"] is True
+
+
+def _press_ctrl_c_in_a_finalizer() -> None:
+    class _Finalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+
+    _Finalizer()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_in_the_parent_still_stops_the_workers(write_space, monkeypatch) -> None:
+    """The parent of `--workers` polls the storage too: a Ctrl-C lost in a finalizer there
+    still reaches the workers, which mark their running trials."""
+    import peftsearch.searcher.workers as workers_mod
+
+    space = _fast_space(write_space, 40)
+    polls = {"n": 0}
+    real_poll = workers_mod._Parent.poll
+
+    def poll(self: Any) -> None:
+        real_poll(self)
+        if self.ready:
+            polls["n"] += 1
+            if polls["n"] == 3:
+                _press_ctrl_c_in_a_finalizer()
+
+    monkeypatch.setattr(workers_mod._Parent, "poll", poll)
+    outcome = run_workers(space, workers=2, show_progress=False, runner_factory=FastRunner)
+    assert polls["n"] >= 3 and outcome.interrupted
+    trials = open_study(space, create=False).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) < 40
+    assert not [t for t in trials if t.state == TrialState.RUNNING]

@@ -449,6 +449,43 @@ def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
             study.enqueue_trial(t.params, user_attrs=retry_attrs(t))
 
 
+class Sigint:
+    """Ctrl-C that cannot be lost while trials run.
+
+    Python's default handler raises KeyboardInterrupt wherever the main thread happens to be;
+    when that is a finalizer or weakref callback (sqlalchemy's connection pool runs some),
+    Python prints "Exception ignored" and the run goes on: seen in CI, where a Ctrl-C'd
+    ``search run`` finished its budget and exited 0. This handler raises the same way, at once,
+    and also remembers the press, so :meth:`check` (called by the loop at every step and turn)
+    raises it again if it was swallowed. :class:`_DeferSigint` records its presses here too.
+    Only the main thread receives signals; elsewhere installing does nothing.
+    """
+
+    seen = False
+    _old: Any = None
+
+    @classmethod
+    def _handler(cls, signum: int, frame: FrameType | None) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.seen:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> Sigint:
+        Sigint.seen = False
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 class _DeferSigint:
     """Hold Ctrl-C back over a few storage writes that must not be cut in half.
 
@@ -463,7 +500,7 @@ class _DeferSigint:
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.caught:  # pressed again: the user insists (a hung database, say)
             raise KeyboardInterrupt
-        self.caught = True
+        self.caught = Sigint.seen = True
 
     def __enter__(self) -> _DeferSigint:
         if threading.current_thread() is threading.main_thread():
@@ -630,10 +667,13 @@ class SequentialPack:
         if self.on_rung is not None:
             on_rung = self.on_rung
             kwargs["on_rung"] = lambda *a: on_rung(key, *a)
+
+        def on_step(step: int, total: int) -> None:
+            self.on_step(key, step, total)
+            Sigint.check()  # a whole trial runs in here: a swallowed Ctrl-C stops it
+
         try:
-            result: Any = self.runner.run(
-                params, on_step=lambda s, t: self.on_step(key, s, t), **kwargs
-            )
+            result: Any = self.runner.run(params, on_step=on_step, **kwargs)
         except Exception as exc:
             result = exc
         finally:
@@ -719,12 +759,16 @@ def _loop(
         protect = bool(study._storage.get_trial(trial._trial_id).user_attrs.get("coverage"))
         with _DeferSigint():  # the rung record is written whole
             stop = bool(pruner.decide(study, trial, rung, step, metric, loss, n, protect=protect))
+        Sigint.check()  # a Ctrl-C held back while the record was written
         return stop
 
     pack = make_pack(space, runner, display, on_rung if pruner is not None else None)
     retry_at = 0.0  # the pack has room but the budget had none: look again then (or sooner)
+    sigint = Sigint()
     try:
+        sigint.__enter__()
         while True:
+            Sigint.check()
             ended: list[tuple[int, Any]] = []  # (trial number, TrialResult or exception)
             stop = None  # why no trial was asked: "done", "timeout", "waiting", "interrupt"
             # Asking takes the storage lock and reads every trial: not once per training step.
@@ -766,6 +810,7 @@ def _loop(
                 raise KeyboardInterrupt
             if len(pack):
                 ended += pack.step()
+                Sigint.check()  # pressed during the step but swallowed there: stop now
             if ended:
                 retry_at = 0.0  # a slot of the budget may have come back
             for number, result in ended:
@@ -817,6 +862,7 @@ def _loop(
                 display.note(f"trial {number} interrupted; it will run again on resume")
         outcome.interrupted = True
     finally:
+        sigint.__exit__()
         for flight in flights.values():
             flight.beat.join()
 

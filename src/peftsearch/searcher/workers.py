@@ -45,6 +45,7 @@ from peftsearch.searcher.storage import (
 )
 from peftsearch.searcher.study import (
     RunOutcome,
+    Sigint,
     check_storage,
     counts_toward_budget,
     finish,
@@ -335,12 +336,14 @@ def run_workers(
         prog.note(f"{workers} workers{where}; study {space.study_name!r} in {display_url(url)}")
         parent = _Parent(child, url, prog, started)
         try:
-            for p in procs:
-                p.start()
-            while any(p.is_alive() for p in procs):
-                parent.drain(events)
-                parent.poll()
-                wait([p.sentinel for p in procs if p.is_alive()], POLL_SECONDS)
+            with Sigint():  # a Ctrl-C swallowed in a storage finalizer is acted on next turn
+                for p in procs:
+                    p.start()
+                while any(p.is_alive() for p in procs):
+                    Sigint.check()
+                    parent.drain(events)
+                    parent.poll()
+                    wait([p.sentinel for p in procs if p.is_alive()], POLL_SECONDS)
         except KeyboardInterrupt:
             outcome.interrupted = True
             _interrupt(procs, prog)
