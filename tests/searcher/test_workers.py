@@ -414,3 +414,34 @@ def test_a_ctrl_c_swallowed_in_the_parent_still_stops_the_workers(write_space, m
     trials = open_study(space, create=False).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) < 40
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+class _RungRunner(InstantRunner):
+    supports_rungs = True
+
+    def run(self, params: dict[str, Any], on_step: Any = None, on_rung: Any = None) -> _Result:
+        for rung in range(3):
+            if on_rung is not None and on_rung(rung, 5 * (rung + 1), 0.6, 0.5, 100):
+                break
+        return super().run(params, on_step)
+
+
+def test_a_ctrl_c_while_a_rung_is_recorded_stops_the_run(write_space, monkeypatch) -> None:
+    """The pruner's record is written with Ctrl-C held back; the press is acted on after it."""
+    from peftsearch.searcher.pruners import MOASHA
+
+    space = _fast_space(write_space, 3, pruner={"type": "moasha"})
+    real_decide, calls = MOASHA.decide, []
+
+    def decide(self: Any, *args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # held back by the deferral
+        return real_decide(self, *args, **kwargs)
+
+    monkeypatch.setattr(MOASHA, "decide", decide)
+    outcome = run_study(space, _RungRunner(space), show_progress=False)
+    assert outcome.interrupted and len(calls) == 2
+    trials = open_study(space, create=False).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["interrupted"] is True
