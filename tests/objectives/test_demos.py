@@ -3,6 +3,7 @@ rows per class, worded by the same template with their answer; never validation 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,48 @@ def test_validate_names_the_demonstrations(tmp_path, tiny_llama, sentiment_csv) 
     proc = run_cli("validate", str(space.file), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "demonstrations: 1, 2 per class (n_demos) in the {demos} slot of shots;" in proc.stdout
+
+
+def test_rows_shown_as_demonstrations_are_not_trained_on(runner) -> None:
+    """A demonstration row trained on would see its own answer in its prompt."""
+    p0 = params(template="shots", verbalizer="plain", n_demos=0)
+    p2 = params(template="shots", verbalizer="plain", n_demos=2)
+    _, rows = runner.demos(p2)
+    trial_train = runner.splits.trial_train
+    shown = set(rows) & set(trial_train["row"])  # drawn from the whole train split
+    assert shown  # some would have been trained on
+    without, with_all = runner.encoded(p2)[0], runner.encoded(p0)[0]
+    assert len(without) == len(with_all) - len(shown)
+    kept = trial_train[~trial_train["row"].isin(rows)]
+    assert without.labels.tolist() == kept["label"].tolist()
+
+
+def test_search_train_leaves_the_demonstration_rows_out(
+    tmp_path, tiny_llama, sentiment_csv, monkeypatch
+) -> None:
+    from peftsearch.objectives import data, production
+
+    space = _space(tmp_path, tiny_llama, sentiment_csv)
+    raw = yaml.safe_load(space.file.read_text(encoding="utf-8"))
+    raw["params"].update(template="shots", verbalizer="plain", n_demos=1, lora_r=0, prompt_length=0)
+    raw["params"]["learning_rate"] = 0.01
+    raw["params"]["epochs"] = 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    seen: list[list[int]] = []
+    real = data.encode
+
+    def encode(df, *args, **kwargs):
+        if "row" in df:  # the splits (not the probe texts)
+            seen.append(df["row"].tolist())
+        return real(df, *args, **kwargs)
+
+    monkeypatch.setattr(data, "encode", encode)
+    result = production.train_exported(config, to=tmp_path / "model", quiet=True)
+    info = json.loads((tmp_path / "model" / "inference.json").read_text(encoding="utf-8"))
+    rows = info["demo_rows"]
+    assert len(rows) == 2 and info["demos"].count(demos.SEPARATOR) == 2
+    splits = TrialRunner(load_space(config)).splits
+    trained = [s for s in seen if set(s) <= set(splits.train["row"]) and len(s) > 50]
+    assert trained == [[r for r in splits.train["row"] if r not in rows]]
+    assert result["train_rows"] == len(splits.train) - 2

@@ -6,7 +6,8 @@ The demonstrations are drawn once, with the study's seed, from the train split o
 the validation or test rows), and are the same for every row: the token cache stays one
 tensor per template and demonstration set, and a saved model predicts with the very text it
 was trained with (``inference.json`` holds it). LM-BFF samples demonstrations per example
-and ensembles them at test time; one fixed set is cheaper and reproducible.
+and ensembles them at test time; one fixed set is cheaper and reproducible. A row shown as a
+demonstration is not also trained on (:func:`without`): its prompt would hold its own answer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def pick(train: pd.DataFrame, k: int, seed: int, n_labels: int) -> pd.DataFrame:
         chosen.extend(rng.choice(where, size=min(k, len(where)), replace=False).tolist())
     order = rng.permutation(len(chosen))
     return train.iloc[[chosen[i] for i in order]]
+
+
+def without(train: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
+    """``train`` less the demonstration ``rows`` (``row`` numbers): trained on, such a row
+    would see itself with its answer in its own prompt and teach the model to copy."""
+    if not rows:
+        return train
+    return train[~train["row"].isin(rows)]
 
 
 def answers(space: Any, verbalizer: str | None, template: str) -> list[str]:

@@ -201,7 +201,7 @@ def train_exported(
         f"test_{name}": round(scores["test"], 6),
         f"validation_{name}": round(scores["validation"], 6),
         "test_rows": len(splits.test),
-        "train_rows": len(splits.train),
+        "train_rows": len(splits.train) - len(info.get("demo_rows", [])),
         **({"epochs": cfg.epochs} if cfg.max_steps is None else {"max_steps": cfg.max_steps}),
         "train_steps": stats.steps,
         "trainable_params": trained.trainable,
@@ -244,6 +244,13 @@ def _prompt_inputs(
     if rows:
         info["demo_rows"] = rows
     return {"truncation": space.data.truncation, "demos": text}
+
+
+def _trained_rows(splits: Any, info: dict[str, Any]) -> Any:
+    """The train split less the rows shown as demonstrations (as in the search's trials)."""
+    from peftsearch.objectives import demos
+
+    return demos.without(splits.train, info.get("demo_rows", []))
 
 
 @dataclass
@@ -355,7 +362,7 @@ def _train_classifier(
     model.to(device)
     cols = (tokenizer, space.model.max_length, space.data.text_columns)
     how = _prompt_inputs(space, params, splits, tokenizer, info)
-    train_data = encode(splits.train, template, *cols, **how)
+    train_data = encode(_trained_rows(splits, info), template, *cols, **how)
     if plan.prompt_length and plan.prompt_init == "vocab":  # as the engine starts a prompt
         (weight,) = [p for n, p in model.named_parameters() if "prompt_encoder" in n]
         gen = torch.Generator().manual_seed(seed)
@@ -426,8 +433,9 @@ def _train_verbalizer(
     try:
         data = {
             split: encode(getattr(splits, split), template, *cols, mask=masked, **how)
-            for split in ("train", "validation", "test")
+            for split in ("validation", "test")
         }
+        data["train"] = encode(_trained_rows(splits, info), template, *cols, mask=masked, **how)
     except TemplateTooLong as exc:
         raise SpaceError(file, f"templates.{params['template']}", str(exc)) from None
     left = tokenizer.padding_side == "left"

@@ -137,10 +137,13 @@ class TrialRunner:
 
     def encoded(self, params: dict[str, Any] | str) -> tuple[Encoded, Encoded]:
         """Train and eval tensors for a trial's template (and its demonstrations), tokenized
-        once per worker; ``params`` may be a template name alone (no demonstrations)."""
+        once per worker; ``params`` may be a template name alone (no demonstrations). The
+        train rows shown as demonstrations are left out of the train tensors."""
+        from peftsearch.objectives import demos
+
         if isinstance(params, str):
             params = {"template": params}
-        template, (demo_text, _) = params["template"], self.demos(params)
+        template, (demo_text, demo_rows) = params["template"], self.demos(params)
         key = (template, demo_text)
         if key not in self._cache:
             self.setup()
@@ -154,6 +157,7 @@ class TrialRunner:
             }
             full = self.budget == "full"
             train = self.splits.train if full else self.splits.trial_train
+            train = demos.without(train, demo_rows)
             held = self.splits.validation if full else self.splits.trial_eval
             try:
                 self._cache[key] = (
