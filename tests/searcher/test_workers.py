@@ -345,6 +345,19 @@ def _password(url: str) -> str:
     return str(password)
 
 
+def _press_ctrl_c_in_a_finalizer() -> None:
+    """SIGINT sent from a ``__del__``: Python's handler runs between its next bytecodes, so a
+    KeyboardInterrupt raised there is printed as "Exception ignored" and dropped."""
+
+    class _Finalizer:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs in here
+                pass
+
+    _Finalizer()  # dropped at once: __del__ runs now
+
+
 class _SwallowedCtrlC(InstantRunner):
     """Presses Ctrl-C at step 2 of the first trial from inside a finalizer, where Python's
     default handler raises KeyboardInterrupt into ``__del__`` and only prints "Exception
@@ -356,14 +369,7 @@ class _SwallowedCtrlC(InstantRunner):
         for step in range(1, 6):
             if step == 2 and not _SwallowedCtrlC.pressed:
                 _SwallowedCtrlC.pressed = True
-
-                class _Finalizer:
-                    def __del__(self) -> None:
-                        os.kill(os.getpid(), signal.SIGINT)
-                        for _ in range(1000):  # the handler runs between these bytecodes
-                            pass
-
-                _Finalizer()  # dropped at once: __del__ runs here, the interrupt is "ignored"
+                _press_ctrl_c_in_a_finalizer()
             if on_step is not None:
                 on_step(step, 5)
         return super().run(params, on_step)
@@ -379,16 +385,6 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run(write_space) -> N
     trials = open_study(space, create=False).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["interrupted"] is True
-
-
-def _press_ctrl_c_in_a_finalizer() -> None:
-    class _Finalizer:
-        def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
-
-    _Finalizer()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from peftsearch.errors import SpaceError, TrialFailed, UserError
 from peftsearch.searcher import storage as storage_mod
@@ -449,68 +449,72 @@ def _requeue_interrupted(study: Any, trials: list[Any]) -> None:
             study.enqueue_trial(t.params, user_attrs=retry_attrs(t))
 
 
-class Sigint:
+_Guard = TypeVar("_Guard", bound="_OnSigint")
+
+
+class _OnSigint:
+    """Installs ``self._handler`` for SIGINT while inside; only the main thread receives
+    signals, so elsewhere this installs nothing."""
+
+    _old: Any = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Guard) -> _Guard:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+class Sigint(_OnSigint):
     """Ctrl-C that cannot be lost while trials run.
 
     Python's default handler raises KeyboardInterrupt wherever the main thread happens to be;
     when that is a finalizer or weakref callback (sqlalchemy's connection pool runs some),
     Python prints "Exception ignored" and the run goes on: seen in CI, where a Ctrl-C'd
     ``search run`` finished its budget and exited 0. This handler raises the same way, at once,
-    and also remembers the press, so :meth:`check` (called by the loop at every step and turn)
-    raises it again if it was swallowed. :class:`_DeferSigint` records its presses here too.
-    Only the main thread receives signals; elsewhere installing does nothing.
+    and also remembers the press (``seen``, for the process: :class:`_DeferSigint` records its
+    presses there too), so :meth:`check`, called by the loop at every step and turn, raises it
+    again if it was swallowed. Leaving forgets the press: it was raised by then.
     """
 
     seen = False
-    _old: Any = None
 
-    @classmethod
-    def _handler(cls, signum: int, frame: FrameType | None) -> None:
-        cls.seen = True
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        Sigint.seen = True
         raise KeyboardInterrupt
 
-    @classmethod
-    def check(cls) -> None:
-        if cls.seen:
+    @staticmethod
+    def check() -> None:
+        if Sigint.seen:
             raise KeyboardInterrupt
-
-    def __enter__(self) -> Sigint:
-        Sigint.seen = False
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+            Sigint.seen = False
+        super().__exit__(*exc)
 
 
-class _DeferSigint:
+class _DeferSigint(_OnSigint):
     """Hold Ctrl-C back over a few storage writes that must not be cut in half.
 
-    Inside, a first SIGINT only sets ``caught``; the caller acts on it afterwards (a second one
-    raises as usual). Only the main thread receives signals, so elsewhere this does nothing.
+    Inside, a first SIGINT only sets ``caught`` (and :attr:`Sigint.seen`); the caller acts on
+    it afterwards (a second one raises as usual).
     """
 
     def __init__(self) -> None:
         self.caught = False
-        self._old: Any = None
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.caught:  # pressed again: the user insists (a hung database, say)
             raise KeyboardInterrupt
         self.caught = Sigint.seen = True
-
-    def __enter__(self) -> _DeferSigint:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
 
 
 class _Silent:
@@ -634,7 +638,18 @@ def run_trials(
                 display.note(
                     f"resuming study {space.study_name!r}: {done} of {n_trials} trials done"
                 )
-            _loop(space, runner, display, study, outcome, admission, me, refresh_report, keep_going)
+            with Sigint():
+                _loop(
+                    space,
+                    runner,
+                    display,
+                    study,
+                    outcome,
+                    admission,
+                    me,
+                    refresh_report,
+                    keep_going,
+                )
     finally:
         admission.close()
     return study, outcome
@@ -764,9 +779,7 @@ def _loop(
 
     pack = make_pack(space, runner, display, on_rung if pruner is not None else None)
     retry_at = 0.0  # the pack has room but the budget had none: look again then (or sooner)
-    sigint = Sigint()
     try:
-        sigint.__enter__()
         while True:
             Sigint.check()
             ended: list[tuple[int, Any]] = []  # (trial number, TrialResult or exception)
@@ -862,7 +875,6 @@ def _loop(
                 display.note(f"trial {number} interrupted; it will run again on resume")
         outcome.interrupted = True
     finally:
-        sigint.__exit__()
         for flight in flights.values():
             flight.beat.join()
 
