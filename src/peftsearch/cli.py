@@ -52,7 +52,7 @@ class _Validate:
 
         make_sampler(space)
         quiet_libraries()
-        from peftsearch.objectives.validate import check_space
+        from peftsearch.searcher.validate import check_space
 
         for line in check_space(space):
             print(line)

@@ -106,7 +106,9 @@ def test_prompt_columns_place_each_rows_prompt_with_a_backward_that_repeats_bit_
     """At a size where CPU kernels run threaded: advanced indexing's backward (index_put_
     with accumulate) summed in another order on each run; the demo's prompt trial scored
     0.574 and 0.586 on two runs of the same code. Here every run gives the same gradient."""
-    from peftsearch.objectives.hooks import prompt_columns
+    from peftsearch.objectives.adapters.prompt import SoftPrompt
+
+    prompt_columns = SoftPrompt.columns
 
     gen = torch.Generator().manual_seed(0)
     trials, length, hidden, n, width = 4, 16, 384, 64, 80

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from peftsearch.errors import UserError
-from peftsearch.objectives import production
+from peftsearch.objectives import production, saving
 from peftsearch.objectives.production import predict, train_exported
 from peftsearch.reports.export import export_trial
 from peftsearch.searcher import open_study, run_study
@@ -274,15 +274,15 @@ def test_changed_data_is_warned_about(tmp_path, capsys) -> None:
 def test_load_py_refuses_a_source_that_is_not_the_running_code(monkeypatch) -> None:
     """load.py is read from the module's file, which a reinstall or edit during a long run
     can change: what is written must compile to the running functions."""
-    good = production._load_py_text()
+    good = saving._load_py_text()
     assert production.load_py() == good
     edited = good.replace("truncation=True", "truncation=False")
     assert edited != good
-    monkeypatch.setattr(production, "_load_py_text", lambda: edited)
+    monkeypatch.setattr(saving, "_load_py_text", lambda: edited)
     with pytest.raises(RuntimeError, match="changed since peftsearch was imported"):
         production.load_py()
     monkeypatch.setattr(
-        production, "_load_py_text", lambda: good + "\nfrom __future__ import annotations\n"
+        saving, "_load_py_text", lambda: good + "\nfrom __future__ import annotations\n"
     )
     with pytest.raises(RuntimeError, match="does not parse"):
         production.load_py()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from peftsearch.objectives import production
+from peftsearch.objectives import saving
 from peftsearch.objectives.data import load_splits
 from peftsearch.objectives.production import predict, train_exported
 from peftsearch.reports.export import export_trial
@@ -229,7 +229,7 @@ def test_a_save_that_does_not_reproduce_the_model_is_refused(trained, monkeypatc
     """The reload check compares the plain-loaded model with the engine's own scores: LoRA
     saved wrong (B zero: the untrained model, which predicts visibly differently, see above)
     fails it, and nothing is left behind."""
-    original = production._save_lm_adapters
+    original = saving.save_lm_adapters
 
     def untrained_lora(base: Any, slot: Any, *args: Any) -> None:
         import torch
@@ -239,7 +239,7 @@ def test_a_save_that_does_not_reproduce_the_model_is_refused(trained, monkeypatc
                 b.zero_()
         original(base, slot, *args)
 
-    monkeypatch.setattr(production, "_save_lm_adapters", untrained_lora)
+    monkeypatch.setattr(saving, "save_lm_adapters", untrained_lora)
     config = trained["lora"].parent / "config.yaml"
     to = trained["root"] / "broken"
     with pytest.raises(RuntimeError, match="does not reproduce the trained one"):

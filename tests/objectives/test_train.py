@@ -239,7 +239,7 @@ def test_each_part_trains_at_its_own_rate() -> None:
     assert [part_of(n) for n in names] == ["lora", "prompt", "head"]
     a, b = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4, 3))
     w, bias = torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(2))
-    cfg = TrainConfig(learning_rate=1e-3, weight_decay=0.1, head_learning_rate=0.2)
+    cfg = TrainConfig(learning_rate=1e-3, weight_decay=0.1, rates={"head": 0.2})
     groups = param_groups({"lora": [a], "prompt": [b], "head": [w, bias]}, cfg)
     got = [(g["part"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
     assert got == [

@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from peftsearch.reports import figures
+from peftsearch.reports.data import pruning as data_pruning
 from peftsearch.reports.pareto import pareto_rows
 from peftsearch.reports.select import pick_trial
 from peftsearch.spaces import RULES
@@ -605,4 +606,4 @@ def test_a_coverage_trial_kept_at_a_rung_is_counted_as_protected() -> None:
     assert curve.steps == [25, 100]
     [rung] = figures.pruning_info(study).rungs
     assert (rung.reached, rung.stopped, rung.protected) == (2, 0, 1)
-    assert [r.protected for r in figures._rung_scores(study.trials[0])] == [True]
+    assert [r.protected for r in data_pruning._rung_scores(study.trials[0])] == [True]

@@ -15,7 +15,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState, create_trial
 
 from peftsearch.searcher import counts_toward_budget, open_study, run_study
-from peftsearch.searcher import study as study_mod
+from peftsearch.searcher import outcome as outcome_mod
+from peftsearch.searcher import packs as packs_mod
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.storage import open_storage, set_user_attrs
 from peftsearch.searcher.study import front_summary, pack_size, report_due
@@ -75,7 +76,7 @@ def test_auto_is_one_trial_at_a_time_on_cpu(write_space) -> None:
     assert space.study.pack == "auto"
     assert pack_size(space) == 1  # the tiny space runs on CPU here
     space.model.device = "cuda"
-    assert pack_size(space) == study_mod.AUTO_PACK_CUDA
+    assert pack_size(space) == packs_mod.AUTO_PACK_CUDA
 
 
 def test_pack_flag_overrides_the_space_file(write_space) -> None:
@@ -179,10 +180,10 @@ def test_set_user_attrs_writes_them_all_and_refuses_finished_trials(tmp_path, ki
 
 def test_report_refresh_waits_for_trials_and_time(monkeypatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(study_mod.time, "monotonic", lambda: now[0])
-    last = 1000.0 - study_mod.REPORT_MIN_SECONDS
-    assert report_due(study_mod.REPORT_EVERY, last)
-    assert not report_due(study_mod.REPORT_EVERY - 1, last)  # too few trials
+    monkeypatch.setattr(outcome_mod.time, "monotonic", lambda: now[0])
+    last = 1000.0 - outcome_mod.REPORT_MIN_SECONDS
+    assert report_due(outcome_mod.REPORT_EVERY, last)
+    assert not report_due(outcome_mod.REPORT_EVERY - 1, last)  # too few trials
     assert not report_due(100, now[0] - 1)  # too soon
 
 

@@ -276,24 +276,16 @@ def encode(
     """
     import torch
 
-    from peftsearch.objectives.load import fit_rows
-
     rows = df[text_columns].to_dict("records")
     extra = {"demos": demos, **({"mask": tokenizer.mask_token} if mask else {})}
     rows = [{**r, **extra} for r in rows]
     rendered = [render(template, r) for r in rows]
-
-    def tokenize(texts: list[Any], **kwargs: Any) -> Any:
-        if texts and isinstance(texts[0], tuple):
-            first, second = zip(*texts, strict=True)
-            return tokenizer(list(first), list(second), verbose=False, **kwargs)
-        return tokenizer(texts, verbose=False, **kwargs)
-
     # One pass at max_length + 1 finds the rows that are too long (those of that length) and
     # tokenizes all the others as before; only the long rows (few, in most data) are fitted
     # and tokenized again. (A separate pass for lengths made encoding 45 % slower.)
     enc = dict(
-        tokenize(
+        _tokenize(
+            tokenizer,
             rendered,
             truncation=True,
             max_length=max_length + 1,
@@ -303,48 +295,12 @@ def encode(
     )
     long = (enc["attention_mask"].sum(1) > max_length).nonzero().flatten().tolist()
     if long:
-        try:
-            fit = fit_rows(
-                template,
-                [rows[i] for i in long],
-                text_columns,
-                tokenizer,
-                max_length,
-                truncation,
-                ("demos",),
-            )
-        except ValueError as exc:
-            raise TemplateTooLong(str(exc)) from None
-        for i, row in zip(long, fit, strict=True):
-            rows[i], rendered[i] = row, render(template, row)
-        fitted = tokenize(
-            [rendered[i] for i in long],
-            truncation=True,
-            max_length=max_length,
-            padding="max_length",
-            return_tensors="pt",
+        fit = _fit_rows(
+            template, [rows[i] for i in long], text_columns, tokenizer, max_length, truncation
         )
-        left = tokenizer.padding_side == "left"
-        # width max_length + 1: only the long rows reach the last column (first, left-padded)
-        keep = slice(1, None) if left else slice(0, max_length)
-        for key, value in enc.items():
-            value = value[:, keep].clone()
-            value[long] = fitted[key]
-            enc[key] = value
-        width = int(enc["attention_mask"].sum(1).max())
-        trim = slice(max_length - width, None) if left else slice(0, width)
-        enc = {key: value[:, trim] for key, value in enc.items()}
+        enc = _refit(enc, long, [render(template, r) for r in fit], tokenizer, max_length)
     attention = enc["attention_mask"]
-    positions = None
-    if mask:
-        hits = enc["input_ids"] == tokenizer.mask_token_id
-        if not bool(hits.any(1).all()):
-            cut = int((~hits.any(1)).sum())
-            raise MaskCutOff(
-                f"{{mask}} is missing from {cut} of {len(rows)} tokenized rows "
-                f"(model.max_length {max_length}); does the tokenizer split its mask token?"
-            )
-        positions = hits.int().argmax(1)
+    positions = _mask_positions(enc["input_ids"], tokenizer, max_length) if mask else None
     return Encoded(
         input_ids=enc["input_ids"],
         attention_mask=attention,
@@ -353,6 +309,72 @@ def encode(
         lengths=attention.sum(1),
         positions=positions,
     )
+
+
+def _tokenize(tokenizer: Any, texts: list[Any], **kwargs: Any) -> Any:
+    """``tokenizer`` on rendered rows: a row of two texts (a tuple) is a text pair."""
+    if texts and isinstance(texts[0], tuple):
+        first, second = zip(*texts, strict=True)
+        return tokenizer(list(first), list(second), verbose=False, **kwargs)
+    return tokenizer(texts, verbose=False, **kwargs)
+
+
+def _fit_rows(
+    template: Any,
+    rows: list[dict[str, Any]],
+    text_columns: list[str],
+    tokenizer: Any,
+    max_length: int,
+    truncation: str,
+) -> list[dict[str, Any]]:
+    """The rows too long, their texts (and first the ``{demos}`` text) cut to fit."""
+    from peftsearch.objectives.load import fit_rows
+
+    try:
+        return fit_rows(template, rows, text_columns, tokenizer, max_length, truncation, ("demos",))
+    except ValueError as exc:
+        raise TemplateTooLong(str(exc)) from None
+
+
+def _refit(
+    enc: dict[str, Any], long: list[int], rendered: list[Any], tokenizer: Any, max_length: int
+) -> dict[str, Any]:
+    """``enc`` (width max_length + 1) with the ``long`` rows replaced by their fitted
+    ``rendered`` texts, tokenized again, and trimmed to the longest row."""
+    fitted = _tokenize(
+        tokenizer,
+        rendered,
+        truncation=True,
+        max_length=max_length,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    left = tokenizer.padding_side == "left"
+    # width max_length + 1: only the long rows reach the last column (first, left-padded)
+    keep = slice(1, None) if left else slice(0, max_length)
+    for key, value in enc.items():
+        value = value[:, keep].clone()
+        value[long] = fitted[key]
+        enc[key] = value
+    width = int(enc["attention_mask"].sum(1).max())
+    trim = slice(max_length - width, None) if left else slice(0, width)
+    return {key: value[:, trim] for key, value in enc.items()}
+
+
+def _mask_positions(input_ids: Any, tokenizer: Any, max_length: int) -> Any:
+    """Each row's ``{mask}`` column (LongTensor [N]).
+
+    Raises:
+        MaskCutOff: a row without the mask token.
+    """
+    hits = input_ids == tokenizer.mask_token_id
+    if not bool(hits.any(1).all()):
+        cut = int((~hits.any(1)).sum())
+        raise MaskCutOff(
+            f"{{mask}} is missing from {cut} of {len(input_ids)} tokenized rows "
+            f"(model.max_length {max_length}); does the tokenizer split its mask token?"
+        )
+    return hits.int().argmax(1)
 
 
 def label_token_ids(

@@ -4,50 +4,27 @@ The base model never changes: every hook does nothing unless a packed forward is
 (:attr:`Rows.segments` non-empty). During one, the batch is the rows of several trials, each
 trial's rows contiguous (a *segment*), and :class:`Rows` says which stacked row
 (:class:`~peftsearch.objectives.stack.Stack`) each batch row belongs to. Each hook then does its
-work for all trials in a fixed number of tensor ops, whatever the number of trials:
+work for all trials in a fixed number of tensor ops, whatever the number of trials. Each
+adapter's own hooks live in its module (``objectives/adapters/``: LoRA's two ``bmm``, the head's
+``vmap``), the LM's prediction-point hook in ``objectives/tasks/verbalize.py``; here are what
+they share:
 
-- LoRA on a target linear layer: every row gathers its trial's A and B (``[rows, r, in]``) and
-  two ``bmm`` add ``B(A(dropout(x))) * alpha / r``; trials of lower rank are zero-padded.
-- The classifier head: ``torch.func.vmap`` over the trials of ``functional_call`` of one copy of
-  the head with each trial's stacked parameters (any head module: BERT's linear, RoBERTa's
-  dense + out_proj), on the rows laid out ``[trials, rows, ...]``.
 - Dropout (the base's hidden-state dropout layers and LoRA's): each trial's masks must not
   depend on what it is packed with. A mask element is a hash of (trial seed, trial step, site,
   row of the trial's batch, position, feature), see :func:`keep_mask`: one mask for the whole
   batch in ~15 elementwise ops, instead of one ``bernoulli_`` per trial per site from per-trial
   generators (16 trials x 6 sites = 96 draws per step on the suite's tiny BERT).
-- LM heads: a hook on the backbone cuts its output to each row's prediction point.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 M32 = 0xFFFFFFFF
-
-
-def lm_head_names(base: Any) -> set[str]:
-    """The language model's head: every top-level child besides the backbone (``lm_head`` of
-    Llama and RoBERTa, ``cls`` of BERT, DistilBERT's ``vocab_transform`` / ``vocab_layer_norm``
-    / ``vocab_projector``, ModernBERT's ``head`` and ``decoder``). LoRA never targets them."""
-    backbone = base.base_model
-    return {n for n, m in base.named_children() if m is not backbone}
-
-
-def narrow_to(out: Any, rows: torch.Tensor, cols: torch.Tensor) -> Any:
-    """A backbone's output with its sequence output cut to one position per row (``[n, 1,
-    hidden]``): what follows in the model (its LM head: position-wise layers, a tied
-    decoder, logit soft-capping) then runs on the prediction points only."""
-    first = out[0][rows, cols].unsqueeze(1)
-    if isinstance(out, tuple):
-        return (first, *out[1:])
-    out.last_hidden_state = first  # a ModelOutput keeps its fields and tuple view in step
-    return out
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -137,26 +114,6 @@ def keep_mask(
     return h.ge_(threshold).view(shape) * scale
 
 
-def prompt_columns(
-    prompts: torch.Tensor, slot_rows: torch.Tensor, start: torch.Tensor, width: int, left: bool
-) -> torch.Tensor:
-    """``[rows, width, hidden]``: each batch row's trial's soft prompt from column ``start`` of
-    the row on (0 with right padding), what lies outside the prompt being don't-care.
-
-    ``prompts[slot_rows[:, None], j - start]`` would say the same, but its backward (an
-    accumulating ``index_put_``) sums in a thread-dependent order on CPU: the same trial gave
-    0.574 and 0.586 on two runs of the demo's prompt-16 trial. ``index_select`` and ``gather``
-    (whose backward adds serially along the gathered dim) give the same bits every run."""
-    per_row = prompts.index_select(0, slot_rows)  # [rows, P, hidden]
-    n, p, h = per_row.shape
-    if not left:  # start is 0: columns 0..P-1 are the prompt
-        if p >= width:
-            return per_row[:, :width]
-        return torch.nn.functional.pad(per_row, (0, 0, 0, width - p))
-    at = (torch.arange(width, device=per_row.device) - start).clamp(0, p - 1)  # [rows, width]
-    return per_row.gather(1, at.unsqueeze(-1).expand(n, width, h))
-
-
 @dataclass
 class Rows:
     """The batch of the packed forward now in flight: which trial owns which rows."""
@@ -169,19 +126,16 @@ class Rows:
     dst: torch.Tensor | None = None  # [N] each batch row's place in a [S, n_max] layout
     n_max: int = 0
     equal: bool = True  # every segment has n_max rows (no re-layout needed for the head)
-    scaling: torch.Tensor | None = None  # [N] LoRA alpha / r of each row's trial
-    seg_scaling: torch.Tensor | None = None  # [S] the same per segment
-    lora_p: torch.Tensor | None = None  # [N] LoRA dropout of each row's trial
-    lora_names: set[str] = field(default_factory=set)  # layers some trial in the batch adapts
     keys: torch.Tensor | None = None  # [N] dropout keys (training only)
     coords: torch.Tensor | None = None  # [width] padding-free column positions
     width: int = 0
     training: bool = False
     pick: tuple[torch.Tensor, torch.Tensor] | None = None  # LM heads: (rows, cols)
     calls: dict[int, int] = field(default_factory=dict)  # dropout calls per site in this pass
+    extra: dict[str, Any] = field(default_factory=dict)  # each adapter's per-row values
 
     def clear(self) -> None:
-        self.segments, self.stack, self.calls = [], None, {}
+        self.segments, self.stack, self.calls, self.extra = [], None, {}, {}
 
     def dropout(self, x: torch.Tensor, site: int, p: torch.Tensor) -> torch.Tensor:
         """``x`` (batch rows first) with each row's trial's own dropout mask at ``site``."""
@@ -192,69 +146,6 @@ class Rows:
         return x * mask
 
 
-def lora_hook(rows: Rows, name: str) -> Any:
-    """Adds every row's trial's LoRA delta to a target layer's output."""
-    a_name, b_name = f"lora.{name}.A", f"lora.{name}.B"
-    site = 1_000_000 + zlib.crc32(name.encode()) % 1_000_000  # fixed across processes
-
-    def hook(module: Any, args: tuple[Any, ...], out: torch.Tensor) -> Any:
-        if not rows.segments or name not in rows.lora_names:
-            return None
-        fields = rows.stack.fields
-        x = args[0]
-        if rows.training and rows.lora_p is not None:
-            x = rows.dropout(x, site, rows.lora_p)
-        if rows.equal:  # [trials, rows x width, in] against each trial's A, B: one bmm each
-            a = fields[a_name].index_select(0, rows.present)
-            b = fields[b_name].index_select(0, rows.present)
-            scaling = rows.seg_scaling.view(-1, 1, 1)  # type: ignore[union-attr]
-            xs = x.reshape(len(rows.segments), -1, x.shape[-1]).to(a.dtype)
-        else:  # each row gathers its trial's A [R, in] and B [out, R]
-            a = fields[a_name].index_select(0, rows.slot_rows)
-            b = fields[b_name].index_select(0, rows.slot_rows)
-            scaling = rows.scaling.view(-1, 1, 1)  # type: ignore[union-attr]
-            xs = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)
-        delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * scaling
-        return out + delta.view(out.shape).to(out.dtype)
-
-    return hook
-
-
-def head_hook(rows: Rows, name: str, template: torch.nn.Module, pnames: list[str]) -> Any:
-    """Replaces a head module's output: each trial's rows through its own head parameters."""
-    from torch.func import functional_call, vmap
-
-    fields = [f"head.{name}.{p}" for p in pnames]
-
-    def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(template, params, (x,))
-
-    batched = vmap(one)
-
-    def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-        if not rows.segments:
-            return None
-        if len(args) != 1 or not torch.is_tensor(args[0]):
-            raise RuntimeError(f"head module {name!r} takes {len(args)} inputs; packing needs one")
-        x = args[0]
-        stacked = rows.stack.fields
-        params = {
-            p: stacked[f].index_select(0, rows.present) for p, f in zip(pnames, fields, strict=True)
-        }
-        s, n = len(rows.segments), rows.n_max
-        if rows.equal:
-            xp = x.view(s, n, *x.shape[1:])
-        else:
-            assert rows.dst is not None
-            xp = x.new_zeros(s * n, *x.shape[1:]).index_copy(0, rows.dst, x)
-            xp = xp.view(s, n, *x.shape[1:])
-        y = batched(params, xp)
-        y = y.reshape(s * n, *y.shape[2:])
-        return y if rows.dst is None or rows.equal else y.index_select(0, rows.dst)
-
-    return hook
-
-
 def dropout_hook(rows: Rows, site: int) -> Any:
     """A base dropout layer (an identity: the base runs in eval mode) with each trial's masks."""
 
@@ -263,15 +154,5 @@ def dropout_hook(rows: Rows, site: int) -> Any:
             return None
         p = torch.full((args[0].shape[0],), float(module.p), device=args[0].device)
         return rows.dropout(args[0], site, p)
-
-    return hook
-
-
-def pick_hook(rows: Rows) -> Any:
-    def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-        """The backbone's output at each row's prediction point only (LM heads)."""
-        if rows.pick is None:
-            return None
-        return narrow_to(out, *rows.pick)
 
     return hook

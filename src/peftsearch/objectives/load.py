@@ -24,8 +24,7 @@ from typing import Any
 def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Load a model saved by ``search train``: returns (model in eval mode, tokenizer, info)."""
     import torch
-    from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import PeftConfig, PeftModel
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
@@ -37,18 +36,20 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
     info = json.loads((model_dir / "inference.json").read_text(encoding="utf-8"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = info["dtype"] if info["dtype"] == "auto" else getattr(torch, info["dtype"])
-    remote, kind = info["trust_remote_code"], info["kind"]
+    remote = info["trust_remote_code"]
+    top = (model_dir / "adapter_config.json").is_file()  # a peft adapter (else a whole model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=remote)
     if info.get("head") == "verbalizer":  # the base LM's own head scores the label words
         auto = AutoModelForMaskedLM if info["lm_kind"] == "masked" else AutoModelForCausalLM
-        where, extra = info["base_model"], {}
+        where: str = info["base_model"]
+        extra: dict[str, Any] = {"trust_remote_code": remote}
         if where.endswith(".gguf"):  # transformers dequantizes a GGUF file to plain weights
-            where, extra = str(Path(where).parent), {"gguf_file": Path(where).name}
-        model: Any = auto.from_pretrained(where, dtype=dtype, trust_remote_code=remote, **extra)
+            where, extra["gguf_file"] = str(Path(where).parent), Path(where).name
+        model: Any = auto.from_pretrained(where, dtype=dtype, **extra)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer = None
         tokenizer.padding_side = tokenizer.truncation_side = info["padding_side"]
-    elif kind == "head":  # a linear probe: the whole model was saved
+    elif not top:  # no adapter (a linear probe): the whole model was saved
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=remote
         )
@@ -65,20 +66,32 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-    if kind == "lora+prompt":  # LoRA beneath the soft prompt: inject it, load it
-        lora_dir = model_dir / "lora"
-        model = inject_adapter_in_model(LoraConfig.from_pretrained(str(lora_dir)), model)
-        weights = load_file(lora_dir / "adapter_model.safetensors")
-        result: Any = set_peft_model_state_dict(model, weights)
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if result.unexpected_keys or missing:
-            bad = (result.unexpected_keys + missing)[:3]
-            raise ValueError(f"the LoRA weights in {lora_dir} do not fit the model: {bad}")
-    if kind != "head":
+    for inner in sorted(model_dir.iterdir()):  # adapters beneath the top one (LoRA/ ...)
+        if (inner / "adapter_config.json").is_file():
+            model = _inject(model, inner, PeftConfig.from_pretrained(str(inner)))
+    if top:
         model = PeftModel.from_pretrained(model, model_dir)
     model.to(device)
     model.eval()
     return model, tokenizer, info
+
+
+def _inject(model: Any, where: Path, config: Any) -> Any:
+    """An adapter saved beneath the top one (peft has no single config for LoRA beneath a soft
+    prompt): inject its layers into ``model`` and load its weights."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    from safetensors.torch import load_file
+
+    model = inject_adapter_in_model(config, model)
+    weights = load_file(where / "adapter_model.safetensors")
+    result: Any = set_peft_model_state_dict(model, weights)
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING[config.peft_type]
+    missing = [k for k in result.missing_keys if prefix in k]
+    if result.unexpected_keys or missing:
+        bad = (result.unexpected_keys + missing)[:3]
+        raise ValueError(f"the adapter weights in {where} do not fit the model: {bad}")
+    return model
 
 
 TRUNCATION_SIDES = ("tail", "head", "middle")

@@ -134,7 +134,8 @@ def count_params(model: Any, trainable: bool = True) -> int:
 
 @dataclass(frozen=True)
 class PeftPlan:
-    """What to put on the base model for one trial."""
+    """The built-in adapters' settings by name, for code that builds one model by hand (tests,
+    benchmarks); a trial's own parameter dict says the same (:meth:`params`)."""
 
     lora_r: int = 0
     lora_alpha: float = 16.0
@@ -154,6 +155,12 @@ class PeftPlan:
             prompt_length=params["prompt_length"],
             prompt_init=params.get("prompt_init", "random"),  # studies before it: random
         )
+
+    def params(self) -> dict[str, Any]:
+        """The plan as a trial's parameter dict (the other parameters at their defaults)."""
+        from peftsearch.spaces import RULES
+
+        return {**{n: r.default for n, r in RULES.items()}, **self.__dict__}
 
 
 def lead_token(data: Any) -> int | None:
@@ -196,37 +203,39 @@ def vocab_prompt(
     return embed_weight.detach()[pick.to(embed_weight.device)].float().cpu().clone()
 
 
-def build(base: Any, plan: PeftPlan) -> Any:
-    """A fresh copy of ``base`` with the plan's adapters; only they and the head train."""
-    from peft import LoraConfig, TaskType, get_peft_model, inject_adapter_in_model
+def build(base: Any, trial: PeftPlan | dict[str, Any]) -> Any:
+    """A fresh copy of the classifier ``base`` with a trial's adapters (a parameter dict or a
+    :class:`PeftPlan`); only they and the head train.
 
+    The adapters' peft configs compose as :func:`~peftsearch.objectives.adapters.peft_configs`
+    says: the injected ones go in first (``inject_adapter_in_model``), then ``get_peft_model``
+    wraps the model in the top one, which freezes everything else, so the injected adapters'
+    parameters are made trainable again. No peft adapter: a linear probe (the head trains).
+    Adapters peft has no config for unfreeze their own parameters last."""
+    from peft import TaskType, get_peft_model, inject_adapter_in_model
+
+    from peftsearch.objectives import adapters
+
+    params = trial.params() if isinstance(trial, PeftPlan) else trial
     model = copy.deepcopy(base)  # every trial starts from the pristine base weights
-    lora = None
-    if plan.lora_r > 0:
-        lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=plan.lora_r,
-            lora_alpha=plan.lora_alpha,  # type: ignore[arg-type]  # peft uses it as a float
-            lora_dropout=plan.lora_dropout,
-            target_modules=plan.target_modules,
-        )
+    configs = adapters.peft_configs(params, TaskType.SEQ_CLS, model.config)
+    top = configs.pop("", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft warns about the second modification; expected
-        if plan.prompt_length > 0:
-            if lora is not None:
-                model = inject_adapter_in_model(lora, model)
-            model = get_peft_model(
-                model, prompt_config(model.config, TaskType.SEQ_CLS, plan.prompt_length)
-            )
+        for config in configs.values():
+            model = inject_adapter_in_model(config, model)
+        if top is not None:
+            model = get_peft_model(model, top)
+            injected = [adapters.get(name) for name in configs]
             for name, param in model.named_parameters():
-                if "lora_" in name:
+                if any(a.owns(name) for a in injected):
                     param.requires_grad_(True)
-        elif lora is not None:
-            model = get_peft_model(model, lora)
-        else:  # neither: a linear probe, only the head trains
+        else:  # no peft adapter: a linear probe, only the head trains
             head = head_names(model)
             for name, param in model.named_parameters():
                 param.requires_grad_(name.split(".")[0] in head)
+    for adapter in adapters.used(params):
+        adapter.unfreeze(model, params)
     return model
 
 

@@ -6,6 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# The layout of an adapter kind this card has no words for (one registered later): load.py
+# loads whatever peft's configs and the saved weights describe.
+_OTHER_LAYOUT = (
+    "the files `load.py` reads: a peft adapter (`adapter_config.json`, "
+    "`adapter_model.safetensors`) with any adapter saved beneath it in a sub-directory of its "
+    "name, or, without `adapter_config.json`, a whole transformers model (`config.json`, "
+    "`model.safetensors`) holding every trained parameter."
+)
+
 _SNIPPET = {
     "head": """\
 model = AutoModelForSequenceClassification.from_pretrained(DIR)  # base + trained head""",
@@ -61,7 +70,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
         "adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt + trained "
         "head), and `lora/` the LoRA beneath it (`adapter_config.json`: its `LoraConfig`; "
         "`adapter_model.safetensors`: `get_peft_model_state_dict` of the injected model).",
-    }[kind]
+    }.get(kind, _OTHER_LAYOUT)
     template = json.dumps(info["template"], ensure_ascii=False)
     column = info["text_columns"][0]
     render = (
@@ -101,7 +110,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
             'DIR = "path/to/this/dir"',
             'info = json.load(open(f"{DIR}/inference.json"))',
             "tokenizer = AutoTokenizer.from_pretrained(DIR)",
-            _SNIPPET[kind],
+            _SNIPPET.get(kind, "model, tokenizer, info = load_model(DIR)  # load.py, beside this"),
             "model.eval()",
             "",
             "raw_text = 'some text'",

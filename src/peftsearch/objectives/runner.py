@@ -201,96 +201,18 @@ class TrialRunner:
     def zero_shot(
         self, n_demos: int = 0, verbalizers: list[str] | None = None
     ) -> dict[str, dict[str, float]]:
-        """The metric of the untrained LM for every template x verbalizer (model.head
-        verbalizer): what each template and verbalizer gives before any training. With
-        ``n_demos``, the templates with a ``{demos}`` slot only, holding that many
-        demonstrations per class; ``verbalizers``: these only (default: all)."""
-        spec = self.space
-        out: dict[str, dict[str, float]] = {}
-        engine = self.engine
-        for template, tmpl in spec.templates.items():
-            if n_demos and not has_slot(tmpl, DEMOS):
-                continue
-            out[template] = {}
-            for verbalizer in verbalizers or spec.verbalizer_names:
-                params = {
-                    **self._fixed(),
-                    "template": template,
-                    "verbalizer": verbalizer,
-                    "n_demos": n_demos,
-                }
-                eval_data = self.encoded(params)[1]
-                tokens = self.label_tokens(verbalizer, template)
-                result = engine.score_untrained(params, eval_data, tokens)
-                out[template][verbalizer] = score(
-                    self._metric,
-                    spec.objectives.metric,
-                    result.predictions,
-                    eval_data.labels.tolist(),
-                    **spec.objectives.metric_kwargs,
-                )
-        return out
+        """The metric of the untrained LM for every template x verbalizer (see
+        :func:`peftsearch.objectives.zero_shot.zero_shot`)."""
+        from peftsearch.objectives import zero_shot
+
+        return zero_shot.zero_shot(self, n_demos, verbalizers)
 
     def find_label_words(self) -> dict[str, Any]:
-        """``verbalizers: {auto: ...}``: the found verbalizers, per template (``words``:
-        template -> ``auto-i`` -> {label: [words]}: each template's prediction point has its
-        own), and how they were found (rows; per template and class the 10 best words and
-        their log-likelihood ratios); see :mod:`peftsearch.objectives.label_search`.
+        """``verbalizers: {auto: ...}``: the found verbalizers, per template (see
+        :func:`peftsearch.objectives.zero_shot.find_label_words`)."""
+        from peftsearch.objectives import zero_shot
 
-        Raises:
-            SpaceError: the model's ranking holds too few words for ``n`` verbalizers.
-        """
-        import torch
-
-        from peftsearch.objectives import demos
-        from peftsearch.objectives import label_search as ls
-
-        spec, auto = self.space, self.space.auto_verbalizers
-        assert auto is not None, "no verbalizers.auto in the space"
-        self.setup()
-        labels = list(spec.data.labels)
-        rows = demos.pick(self.splits.trial_train, auto.rows, spec.study.seed, len(labels))
-        words = ls.word_tokens(self._tokenizer, spec.lm_kind == "causal")
-        args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
-        logprobs = []
-        for template, tmpl in spec.templates.items():
-            params = {**self._fixed(), "template": template, "n_demos": 0}
-            try:
-                data = encode(
-                    rows,
-                    tmpl,
-                    *args,
-                    mask=spec.lm_kind == "masked",
-                    truncation=spec.data.truncation,
-                )
-            except TemplateTooLong as exc:
-                raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
-            logprobs.append(self.engine.vocab_logprobs(params, data))
-        target = torch.tensor(rows["label"].to_numpy())
-        found: dict[str, Any] = {}
-        ranking: dict[str, Any] = {}
-        for template, logp in zip(spec.templates, logprobs, strict=True):
-            ranked = ls.rank([logp], target, len(labels), words)
-            found[template] = ls.verbalizers(ranked, labels, words, auto.k, auto.n)
-            ranking[template] = {
-                label: [[words[t], round(v, 4)] for t, v in ranked[c][:10]]
-                for c, label in enumerate(labels)
-            }
-            if len(found[template]) < auto.n:
-                short = min(len(r) for r in ranked)
-                raise SpaceError(
-                    str(spec.file),
-                    "verbalizers.auto",
-                    f"under template {template!r} the model's ranking holds {short} words for "
-                    f"a class, too few for n {auto.n} verbalizers of k {auto.k} words; lower k "
-                    "or n",
-                )
-        return {
-            "words": found,
-            "rows": rows["row"].tolist(),
-            "templates": list(spec.templates),
-            "ranking": ranking,
-        }
+        return zero_shot.find_label_words(self)
 
     def _fixed(self) -> dict[str, Any]:
         from peftsearch.spaces import RULES
@@ -311,6 +233,7 @@ class TrialRunner:
                 left,
                 lm_kind=self.space.lm_kind,
                 special_ids=set(self._tokenizer.all_special_ids),
+                task=self.space.task_name,
             )
         return self._engine
 

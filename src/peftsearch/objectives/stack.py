@@ -32,7 +32,10 @@ from typing import Any
 
 import torch
 
-PARTS = ("lora", "prompt", "head")  # a column's learning rate is its row's rate for its part
+# The learning-rate parts of a stack built without naming them: the built-in adapters (the
+# engine passes the registry's, ``peftsearch.objectives.adapters.parts()``). A column's
+# learning rate is its row's rate for its part.
+PARTS = ("lora", "prompt", "head")
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults (what Trainer uses)
 
 # The fields are non-contiguous views of the block and so are their grads (by design: one
@@ -60,8 +63,15 @@ class Field:
 class Stack:
     """The block, its AdamW moments and each row's settings (rates, schedule, clip norm)."""
 
-    def __init__(self, fields: dict[str, Field], rows: int, device: Any) -> None:
+    def __init__(
+        self,
+        fields: dict[str, Field],
+        rows: int,
+        device: Any,
+        parts: tuple[str, ...] = PARTS,
+    ) -> None:
         self.specs = dict(fields)
+        self.parts = tuple(parts)
         self.rows, self.device = rows, device
         self.offsets: dict[str, int] = {}
         d = 0
@@ -81,12 +91,12 @@ class Stack:
         decay = torch.zeros(max(1, d))
         for name, f in self.specs.items():
             cols = slice(self.offsets[name], self.offsets[name] + f.size)
-            part[cols] = PARTS.index(f.part)
+            part[cols] = self.parts.index(f.part)
             decay[cols] = float(f.decay)
         self.part_cols, self.decay_cols = part.to(device), decay.to(device)
         # Per row: peak rate of each part, weight decay, warmup and total steps, steps done,
         # max grad norm, and whether the row trains (a free or evaluation-only row does not).
-        self.rates = torch.zeros(rows, len(PARTS), device=device)
+        self.rates = torch.zeros(rows, len(self.parts), device=device)
         self.weight_decay = torch.zeros(rows, device=device)
         self.warmup = torch.zeros(rows, device=device)
         self.total = torch.ones(rows, device=device)
@@ -100,7 +110,7 @@ class Stack:
     def resized(self, fields: dict[str, Field], rows: int) -> Stack:
         """A stack with ``fields`` (a superset: larger shapes, more tensors) and ``rows`` rows,
         holding this one's values, moments and settings where they overlap; zero elsewhere."""
-        new = Stack(fields, rows, self.device)
+        new = Stack(fields, rows, self.device, self.parts)
         n = min(rows, self.rows)
         with torch.no_grad():
             for name, f in self.specs.items():
@@ -146,7 +156,7 @@ class Stack:
             for name, value in values.items():
                 corner = tuple(slice(0, s) for s in value.shape)
                 self.fields[name].data[row][corner] = value.to(self.device)
-            self.rates[row] = torch.tensor([rates.get(p, 0.0) if live else 0.0 for p in PARTS])
+            self.rates[row] = torch.tensor([rates.get(p, 0.0) if live else 0.0 for p in self.parts])
             self.weight_decay[row] = weight_decay
             self.warmup[row], self.total[row], self.steps[row] = warmup, total, 0
             self.max_norm[row], self.live[row], self.loss_sum[row] = max_norm, float(live), 0

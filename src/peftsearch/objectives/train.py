@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftsearch.errors import TrialFailed
+from peftsearch.objectives import adapters
 from peftsearch.objectives.data import Encoded
 
 MAX_CURVE_POINTS = 200  # the loss curve stored per trial; longer runs are averaged into these
@@ -30,16 +31,13 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     seed: int = 0
     max_grad_norm: float = 1.0
-    head_learning_rate: float | None = None  # None: learning_rate
-    prompt_learning_rate: float | None = None  # None: learning_rate
+    # Each part's (adapter's) own peak rate; a part not in here trains at learning_rate.
+    rates: dict[str, float] = field(default_factory=dict, compare=False)
 
     def rate(self, part: str) -> float:
-        """The peak learning rate of one part of a trial: ``lora``, ``prompt`` or ``head``."""
-        if part == "head" and self.head_learning_rate is not None:
-            return self.head_learning_rate
-        if part == "prompt" and self.prompt_learning_rate is not None:
-            return self.prompt_learning_rate
-        return self.learning_rate
+        """The peak learning rate of one part of a trial (an adapter: ``lora``, ``prompt``,
+        ``head``, ...)."""
+        return self.rates.get(part, self.learning_rate)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], seed: int) -> TrainConfig:
@@ -52,8 +50,7 @@ class TrainConfig:
             weight_decay=params["weight_decay"],
             warmup_ratio=params["warmup_ratio"],
             seed=seed,
-            head_learning_rate=params.get("head_learning_rate"),
-            prompt_learning_rate=params.get("prompt_learning_rate"),
+            rates=adapters.rates(params),
         )
 
     def total_steps(self, n: int) -> int:
@@ -70,17 +67,14 @@ class TrainStats:
     curve_every: int = 1  # steps per curve point
 
 
-PARTS = ("lora", "prompt", "head")
-
-
 def param_groups(parts: dict[str, list[Any]], cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: each part (``lora``, ``prompt``, ``head``) at its own rate, weight decay
+    """AdamW groups: each part (an adapter) at its own rate, in registry order, weight decay
     on its matrices only (as Trainer: no decay on biases and norms). Empty groups are left out.
 
     One optimizer with a group per part keeps a trial one AdamW and one schedule: the linear
     warmup/decay scales each group's own rate."""
     groups = []
-    for part in PARTS:
+    for part in adapters.parts():
         params = parts.get(part, [])
         for decay in (True, False):
             chosen = [p for p in params if (p.ndim >= 2) == decay]
@@ -97,12 +91,8 @@ def param_groups(parts: dict[str, list[Any]], cfg: TrainConfig) -> list[dict[str
 
 
 def part_of(name: str) -> str:
-    """The part a parameter of a peft model belongs to, by its name."""
-    if "lora_" in name:
-        return "lora"
-    if "prompt_encoder" in name:
-        return "prompt"
-    return "head"
+    """The part (adapter) a trainable parameter of a built peft model belongs to, by its name."""
+    return adapters.part_of(name)
 
 
 def batch_rows(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str, Any]:
@@ -149,6 +139,7 @@ def train(
     left_pad: bool = False,
     on_step: Callable[..., None] | None = None,
     checkpoint: Any = None,
+    loss_of: Callable[[Any, dict[str, Any]], Any] | None = None,
 ) -> TrainStats:
     """Train ``model``'s trainable parameters in place.
 
@@ -156,7 +147,8 @@ def train(
     a NaN or infinite loss there stops the trial with :class:`TrialFailed`. ``on_step(step,
     total, loss)``: ``loss`` is the last curve point. ``checkpoint``
     (:class:`~peftsearch.objectives.checkpoint.Checkpoint`): resume from it if it holds a
-    state, write it every ``checkpoint.every`` steps and on Ctrl-C.
+    state, write it every ``checkpoint.every`` steps and on Ctrl-C. ``loss_of(model, batch)``:
+    the task's mean loss (default: the model's own, ``model(**batch).loss``).
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -190,7 +182,7 @@ def train(
         for step in range(done + 1, total + 1):
             batch = batch_rows(data, next(order), device, left_pad)
             with autocast(device):
-                loss = model(**batch).loss
+                loss = model(**batch).loss if loss_of is None else loss_of(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftsearch.objectives.trial import TrialConfig
 from peftsearch.spaces import RULES
 
 
-def trial_params(study: Any, trial: Any) -> dict[str, Any]:
+def trial_params(study: Any, trial: Any) -> TrialConfig:
     """The trial's full parameters: its ``params`` user attribute (stored since 0.1.0 by
     ``search run``), else RULES defaults < the study's fixed params < the searched ones."""
     stored = trial.user_attrs.get("params")
@@ -19,10 +20,8 @@ def trial_params(study: Any, trial: Any) -> dict[str, Any]:
         params = {name: rule.default for name, rule in RULES.items()}
         params.update(study.user_attrs.get("fixed_params", {}))
         params.update(trial.params)
-    modules = params.get("target_modules")
-    if isinstance(modules, str):  # searched lists are stored comma-joined
-        params["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
-    return {name: params[name] for name in RULES}
+    # Searched lists (target_modules) are stored comma-joined: from_values splits them.
+    return TrialConfig.from_values({name: params[name] for name in RULES})
 
 
 DUPLICATE_ATTR = "duplicate_of"  # a repeat of an earlier trial's configuration: not trained

@@ -302,73 +302,14 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
     try:
         import optuna_dashboard
 
+        from peftsearch.reports.confirmed import confirmations
         from peftsearch.reports.figures import pareto_info
         from peftsearch.reports.html import pareto_figure
-        from peftsearch.reports.pareto import pareto_rows
 
         metric = space.objectives.metric
-        rows = pareto_rows(study)
         info = pareto_info(study)
-        states: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-
-        def cell(value: Any) -> str:
-            return str(value).replace("|", "\\|").replace("\n", " ")
-
-        searched = ", ".join(cell(n) for n in sorted(space.params or {}) if n) or "default space"
-        from peftsearch.reports.confirmed import confirmations, full_confirmations, full_epochs
-        from peftsearch.reports.select import pick_trial
-
         confirmed = confirmations(study)
-        lines = [
-            f"## peftsearch: {cell(space.study_name)}",
-            "",
-            f"Model `{cell(space.model.path)}`; templates: "
-            + ", ".join(f"`{cell(n)}`" for n in space.templates)
-            + f"; searched: {searched}.",
-            "",
-            "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
-            "",
-            f"### Pareto front ({metric} against trainable parameters)",
-            "",
-            f"| trial | {cell(metric)} | confirmed mean +- std (runs) | trainable params "
-            "| template | prompt | LoRA r |",
-            "|---:|---:|---:|---:|---|---:|---:|",
-        ]
-        for r in rows:
-            star = " (knee)" if r["trial"] == info.knee else ""
-            c = confirmed.get(r["trial"])
-            conf = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})" if c is not None else "-"
-            lines.append(
-                f"| {r['trial']}{star} | {r['metric']:.4f} | {conf} | {r['trainable_params']:,} | "
-                f"{cell(r['template'])} | {r['prompt_length']} | {r['lora_r']} |"
-            )
-        if confirmed and rows:
-            knee = pick_trial(study, "knee").number
-            lines += ["", f"Knee by confirmed means (`search export --pick knee`): trial {knee}."]
-        full = [f for e in full_epochs(study) for f in full_confirmations(study, e).values()]
-        if full:
-            lines += [
-                "",
-                "### At the full budget (`search confirm --budget full`)",
-                "",
-                f"| trial | epochs | validation {cell(metric)} mean +- std | test mean +- std "
-                "| runs | trainable params |",
-                "|---:|---:|---:|---:|---:|---:|",
-            ]
-            for f in sorted(full, key=lambda f: (f.trainable, f.trial, f.epochs or 0)):
-                (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
-                lines.append(
-                    f"| {f.trial} | {'own' if f.epochs is None else f.epochs} | {vm:.4f} +- "
-                    f"{vs:.4f} | {tm:.4f} +- {ts:.4f} | {f.n} | {f.trainable:,} |"
-                )
-        lines += [
-            "",
-            "The full report (`report.html`) and each front trial's exported config are this "
-            "study's artifacts; `search export --pick knee` writes the knee's.",
-        ]
-        optuna_dashboard.save_note(study, "\n".join(lines))
+        optuna_dashboard.save_note(study, _note_text(study, space, info.knee, confirmed))
         optuna_dashboard.save_plotly_graph_object(
             study,
             pareto_figure(info, metric, sorted(confirmed.values(), key=lambda c: c.trainable)),
@@ -378,3 +319,81 @@ def write_dashboard_note(study: optuna.Study, space: Space, note: Note = _stderr
     except Exception as exc:
         note(f"dashboard note not stored ({type(exc).__name__}: {exc})")
         return False
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _note_text(study: Any, space: Space, knee: Any, confirmed: dict[int, Any]) -> str:
+    """The dashboard note's Markdown: the study, its front (``knee`` starred) and the runs
+    at the full budget."""
+    from peftsearch.reports.pareto import pareto_rows
+    from peftsearch.reports.select import pick_trial
+
+    metric = space.objectives.metric
+    rows = pareto_rows(study)
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    searched = ", ".join(_cell(n) for n in sorted(space.params or {}) if n) or "default space"
+    lines = [
+        f"## peftsearch: {_cell(space.study_name)}",
+        "",
+        f"Model `{_cell(space.model.path)}`; templates: "
+        + ", ".join(f"`{_cell(n)}`" for n in space.templates)
+        + f"; searched: {searched}.",
+        "",
+        "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
+        "",
+        f"### Pareto front ({metric} against trainable parameters)",
+        "",
+        f"| trial | {_cell(metric)} | confirmed mean +- std (runs) | trainable params "
+        "| template | prompt | LoRA r |",
+        "|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        star = " (knee)" if r["trial"] == knee else ""
+        c = confirmed.get(r["trial"])
+        conf = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})" if c is not None else "-"
+        lines.append(
+            f"| {r['trial']}{star} | {r['metric']:.4f} | {conf} | {r['trainable_params']:,} | "
+            f"{_cell(r['template'])} | {r['prompt_length']} | {r['lora_r']} |"
+        )
+    if confirmed and rows:
+        knee_number = pick_trial(study, "knee").number
+        lines += [
+            "",
+            f"Knee by confirmed means (`search export --pick knee`): trial {knee_number}.",
+        ]
+    lines += _full_budget_lines(study, metric)
+    lines += [
+        "",
+        "The full report (`report.html`) and each front trial's exported config are this "
+        "study's artifacts; `search export --pick knee` writes the knee's.",
+    ]
+    return "\n".join(lines)
+
+
+def _full_budget_lines(study: Any, metric: str) -> list[str]:
+    """A table of the ``search confirm --budget full`` runs (none: no lines)."""
+    from peftsearch.reports.confirmed import full_confirmations, full_epochs
+
+    full = [f for e in full_epochs(study) for f in full_confirmations(study, e).values()]
+    if not full:
+        return []
+    lines = [
+        "",
+        "### At the full budget (`search confirm --budget full`)",
+        "",
+        f"| trial | epochs | validation {_cell(metric)} mean +- std | test mean +- std "
+        "| runs | trainable params |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in sorted(full, key=lambda f: (f.trainable, f.trial, f.epochs or 0)):
+        (vm, vs), (tm, ts) = f.validation_mean_std, f.test_mean_std
+        lines.append(
+            f"| {f.trial} | {'own' if f.epochs is None else f.epochs} | {vm:.4f} +- "
+            f"{vs:.4f} | {tm:.4f} +- {ts:.4f} | {f.n} | {f.trainable:,} |"
+        )
+    return lines

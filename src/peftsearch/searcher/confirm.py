@@ -33,6 +33,9 @@ from peftsearch.reports.confirmed import (
     confirmations,
     full_confirmations,
 )
+from peftsearch.searcher.opening import open_study
+from peftsearch.searcher.packs import pack_size
+from peftsearch.searcher.records import found_words
 from peftsearch.spaces import Space
 
 
@@ -76,10 +79,7 @@ def run_confirm(
     ``epochs`` (full budget only): passes over the train split instead of each trial's own
     ``params.epochs`` (its ``max_steps`` cleared), stored with each run; runs of another
     ``epochs`` are other runs."""
-    from peftsearch.logs import step_bar
-    from peftsearch.objectives.runner import TrialRunner
-    from peftsearch.reports.trials import trial_params
-    from peftsearch.searcher.study import found_words, open_study, pack_size
+    from peftsearch.searcher.artifacts import write_dashboard_note
 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -90,37 +90,67 @@ def run_confirm(
     study = open_study(space, create=False)
     space = found_words(study, space)  # verbalizers.auto: the words the search found
     chosen = _chosen(study, trials)
+    todo = _todo(study, space, chosen, seeds, budget, epochs)
+    if todo:
+        _Confirm(study, space, chosen, budget, epochs).run(todo, show_progress)
+    write_dashboard_note(study, space)  # the dashboard's note shows the confirmed means
+    if budget == "full":
+        full = full_confirmations(study, epochs)
+        return {t.number: full[t.number] for t in chosen if t.number in full}
+    found = confirmations(study)
+    return {t.number: found[t.number] for t in chosen if t.number in found}
+
+
+def _todo(
+    study: Any, space: Space, chosen: list[Any], seeds: int, budget: str, epochs: int | None
+) -> list[tuple[int, int]]:
+    """The (trial, seed) runs not stored yet; says how many are."""
     have = set(study.user_attrs)
     base = space.study.seed
-
-    def key(number: int, seed: int) -> str:
-        return confirm_key(number, seed, budget, epochs)
-
     todo = [
         (t.number, base + i)
         for t in chosen
         for i in range(1, seeds + 1)
-        if key(t.number, base + i) not in have
+        if confirm_key(t.number, base + i, budget, epochs) not in have
     ]
     done_before = len(chosen) * seeds - len(todo)
     if done_before:
         print(f"{done_before} run(s) already stored: not run again", file=sys.stderr)
-    if todo:
-        params_of = {t.number: trial_params(study, t) for t in chosen}
+    return todo
+
+
+class _Confirm:
+    """The runs of one ``search confirm``: trained in a pack, each stored as it finishes."""
+
+    def __init__(
+        self, study: Any, space: Space, chosen: list[Any], budget: str, epochs: int | None
+    ) -> None:
+        from peftsearch.reports.trials import trial_params
+
+        self.study, self.space, self.budget, self.epochs = study, space, budget, epochs
+        self.params_of: dict[int, dict[str, Any]] = {
+            t.number: trial_params(study, t) for t in chosen
+        }
         if epochs is not None:
-            params_of = {
-                n: {**p, "epochs": epochs, "max_steps": None} for n, p in params_of.items()
+            self.params_of = {
+                n: {**p, "epochs": epochs, "max_steps": None} for n, p in self.params_of.items()
             }
-        runner = TrialRunner(space, budget)
+
+    def run(self, todo: list[tuple[int, int]], show_progress: bool) -> None:
+        """Train the ``todo`` runs, with a bar of training steps."""
+        from peftsearch.logs import step_bar
+        from peftsearch.objectives.runner import TrialRunner
+
+        runner = TrialRunner(self.space, self.budget)
         runner.setup()
-        pack = runner.pack(pack_size(space))
+        pack = runner.pack(pack_size(self.space))
         queue = list(todo)
         # The bar counts training steps (a full-budget run is minutes on a CPU), the runs
         # finished beside it.
-        planned = {(n, sd): runner.total_steps(params_of[n]) for n, sd in todo}
+        planned = {(n, sd): runner.total_steps(self.params_of[n]) for n, sd in todo}
         seen = dict.fromkeys(planned, 0)
         bar = step_bar(
-            "confirming" if budget == "search" else "confirming (full budget)",
+            "confirming" if self.budget == "search" else "confirming (full budget)",
             "steps, {task.fields[runs]}/" + f"{len(todo)} runs",
             disable=not show_progress,
         )
@@ -130,7 +160,7 @@ def run_confirm(
             while queue or len(pack):
                 while queue and len(pack) < pack.capacity:
                     number, seed = queue.pop(0)
-                    pack.add((number, seed), params_of[number], seed)
+                    pack.add((number, seed), self.params_of[number], seed)
                 ended = pack.step()
                 for run, step, _ in pack.progress():
                     bar.advance(task, step - seen[run])
@@ -141,30 +171,26 @@ def run_confirm(
                 finished += len(ended)
                 bar.update(task, runs=finished)
                 for (number, seed), result in ended:
-                    if isinstance(result, BaseException):
-                        print(f"trial {number} seed {seed} failed: {result}", file=sys.stderr)
-                        value: dict[str, Any] = {"metric": float("nan"), "error": str(result)}
-                    else:
-                        value = {
-                            "metric": result.metric,
-                            "eval_loss": result.attrs.get("eval_loss"),
-                            "train_steps": result.attrs.get("train_steps"),
-                            "train_seconds": result.attrs.get("train_seconds"),
-                        }
-                        if budget == "full":
-                            value.update(
-                                test_metric=result.attrs["test_metric"],
-                                test_loss=result.attrs["test_loss"],
-                                eval_rows=result.attrs["eval_rows"],
-                                test_rows=result.attrs["test_rows"],
-                                epochs=params_of[number]["epochs"],
-                            )
-                    study.set_user_attr(key(number, seed), value)
-    from peftsearch.searcher.artifacts import write_dashboard_note
+                    self._store(number, seed, result)
 
-    write_dashboard_note(study, space)  # the dashboard's note shows the confirmed means
-    if budget == "full":
-        full = full_confirmations(study, epochs)
-        return {t.number: full[t.number] for t in chosen if t.number in full}
-    found = confirmations(study)
-    return {t.number: found[t.number] for t in chosen if t.number in found}
+    def _store(self, number: int, seed: int, result: Any) -> None:
+        """One run's result (or failure) as the study attribute of its key."""
+        if isinstance(result, BaseException):
+            print(f"trial {number} seed {seed} failed: {result}", file=sys.stderr)
+            value: dict[str, Any] = {"metric": float("nan"), "error": str(result)}
+        else:
+            value = {
+                "metric": result.metric,
+                "eval_loss": result.attrs.get("eval_loss"),
+                "train_steps": result.attrs.get("train_steps"),
+                "train_seconds": result.attrs.get("train_seconds"),
+            }
+            if self.budget == "full":
+                value.update(
+                    test_metric=result.attrs["test_metric"],
+                    test_loss=result.attrs["test_loss"],
+                    eval_rows=result.attrs["eval_rows"],
+                    test_rows=result.attrs["test_rows"],
+                    epochs=self.params_of[number]["epochs"],
+                )
+        self.study.set_user_attr(confirm_key(number, seed, self.budget, self.epochs), value)

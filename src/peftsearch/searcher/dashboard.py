@@ -49,7 +49,7 @@ def load_existing_study(space: Space) -> Any:
             f"{space.file}: no study {space.study_name!r}: {db} does not exist; "
             "run `search run` first"
         )
-    from peftsearch.searcher.study import open_study
+    from peftsearch.searcher.opening import open_study
 
     return open_study(space, create=False)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftsearch.objectives.trial import TrialConfig
 from peftsearch.spaces import CategoricalDist, FloatDist, IntDist, Space
 
 
-def suggest(trial: Any, space: Space) -> dict[str, Any]:
-    """Ask ``trial`` for every distribution of ``space``; fixed entries pass through.
+def suggest(trial: Any, space: Space) -> TrialConfig:
+    """Ask ``trial`` for every distribution of ``space``, in the order of the parameters'
+    registration; fixed entries pass through.
 
-    Returns a dict with every parameter a trial needs, concrete values only.
+    Returns the trial's :class:`~peftsearch.objectives.trial.TrialConfig`: every parameter a
+    trial needs, concrete values only.
     """
     params: dict[str, Any] = {}
     for name, spec in space.search_params().items():
@@ -26,10 +29,7 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
         else:
             value = spec
         params[name] = value
-    modules = params.get("target_modules")
-    if isinstance(modules, str):
-        params["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
-    return params
+    return TrialConfig.from_values(params)
 
 
 def fixed_params(space: Space) -> dict[str, Any]:

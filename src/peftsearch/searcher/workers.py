@@ -1,10 +1,10 @@
 """``search run --workers N [--devices 0,1,...]``: several worker processes of one study.
 
 Each worker is a spawned process that loads the model once and runs the same loop as a single
-``search run`` (:func:`peftsearch.searcher.study.run_trials`); the study's admission lock keeps
-the budget exact across them, and across workers on other hosts sharing the storage. The parent
-runs no trial: it shows the study as the storage tells it, forwards Ctrl-C, and at the end
-writes ``pareto.csv`` and the report once.
+``search run`` (:func:`peftsearch.searcher._optimize.run_trials`); the study's admission lock
+keeps the budget exact across them, and across workers on other hosts sharing the storage. The
+parent runs no trial: it shows the study as the storage tells it, forwards Ctrl-C, and at the
+end writes ``pareto.csv`` and the report once.
 
 Storage: SQLite is not safe for several processes writing at once, so with no storage given a
 parallel run keeps its study in Optuna's journal file ``<output>/study.journal`` (found again
@@ -32,9 +32,19 @@ from typing import Any
 
 from peftsearch.errors import UserError
 from peftsearch.reports.trials import front_trials
+from peftsearch.searcher._optimize import _quiet_optuna, run_trials
 from peftsearch.searcher.artifacts import upload_study_artifacts, write_dashboard_note
+from peftsearch.searcher.lines import _Silent, finished_line
+from peftsearch.searcher.opening import check_storage, open_study
+from peftsearch.searcher.outcome import (
+    RunOutcome,
+    counts_toward_budget,
+    report_due,
+    write_report_safely,
+)
 from peftsearch.searcher.progress import StudyProgress
 from peftsearch.searcher.samplers import make_sampler
+from peftsearch.searcher.sigint import Sigint
 from peftsearch.searcher.storage import (
     default_journal_url,
     display_url,
@@ -43,17 +53,7 @@ from peftsearch.searcher.storage import (
     resolve_url,
     sqlite_path,
 )
-from peftsearch.searcher.study import (
-    RunOutcome,
-    Sigint,
-    check_storage,
-    counts_toward_budget,
-    finish,
-    finished_line,
-    open_study,
-    report_due,
-    write_report_safely,
-)
+from peftsearch.searcher.study import finish
 from peftsearch.spaces import Space
 
 POLL_SECONDS = 1.0  # the parent reads the study this often
@@ -161,8 +161,6 @@ def _worker_main(
         else:
             runner = runner_factory(space)
         from contextlib import nullcontext
-
-        from peftsearch.searcher.study import _Silent, run_trials
 
         _, outcome = run_trials(
             space,
@@ -306,9 +304,6 @@ def run_workers(
         WorkersFailed: every worker stopped before the budget was met.
     """
     import multiprocessing
-    from multiprocessing.connection import wait
-
-    from peftsearch.searcher.study import _quiet_optuna
 
     _quiet_optuna()
     make_sampler(space)  # a bad sampler fails once, here, not once per worker
@@ -317,17 +312,9 @@ def run_workers(
     child = space.model_copy(deep=True)
     child.study.storage = url
     check_storage(child)  # an unreachable database fails once, here
-    threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: safe with CUDA
     events = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_worker_main,
-            args=(i, child, gpus[i % len(gpus)] if gpus else None, threads, runner_factory, events),
-            name=f"peftsearch-worker-{i}",
-        )
-        for i in range(workers)
-    ]
+    procs = _processes(ctx, child, workers, gpus, runner_factory, events)
     n_trials, metric = space.study.n_trials, space.objectives.metric
     outcome = RunOutcome(space.study_name, display_url(url), space.output_dir, {})
     started = time.time() - 1.0
@@ -335,46 +322,8 @@ def run_workers(
         where = f" on GPUs {','.join(gpus)}" if gpus else ""
         prog.note(f"{workers} workers{where}; study {space.study_name!r} in {display_url(url)}")
         parent = _Parent(child, url, prog, started)
-        try:
-            with Sigint():  # a Ctrl-C swallowed in a storage finalizer is acted on next turn
-                for p in procs:
-                    p.start()
-                while any(p.is_alive() for p in procs):
-                    Sigint.check()
-                    parent.drain(events)
-                    parent.poll()
-                    wait([p.sentinel for p in procs if p.is_alive()], POLL_SECONDS)
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-            _interrupt(procs, prog)
-        finally:
-            for p in procs:
-                if p.is_alive():  # an error in the parent itself: leave nothing behind
-                    p.kill()
-                if p.pid is not None:
-                    p.join()
-        parent.drain(events)
-        codes = [p.exitcode for p in procs]
-        if not parent.ready:  # no worker got as far as the study: report why, create nothing
-            if parent.errors:
-                raise UserError(parent.errors[0].split(": ", 1)[1])
-            if outcome.interrupted:
-                raise KeyboardInterrupt
-            raise WorkersFailed(f"no worker started (exit codes {codes}); see the errors above")
-        for line in dict.fromkeys(parent.errors):  # some workers failed, others ran
-            prog.note(f"error: {line}")
-        parent.poll()
-        for i, code in enumerate(codes):
-            if code is not None and code < 0:
-                prog.note(
-                    f"worker {i} stopped early (signal {-code}); a trial it was running is "
-                    "retried once its heartbeat is missed"
-                )
-            elif code not in (0, EXIT_INTERRUPTED, None):
-                prog.note(f"worker {i} stopped early (exit code {code})")
-        if any(code == EXIT_INTERRUPTED for code in codes):
-            outcome.interrupted = True
-        outcome.stopped_by_timeout = parent.timeouts > 0
+        _supervise(procs, parent, events, outcome)
+        codes = _wrap_up(procs, parent, outcome)
     study = parent.study or open_study(child, create=False)
     finish(study, outcome)
     upload_study_artifacts(study, space, outcome.report)
@@ -386,3 +335,76 @@ def run_workers(
             "run the same command again to resume"
         )
     return outcome
+
+
+def _processes(
+    ctx: Any,
+    child: Space,
+    workers: int,
+    gpus: list[str],
+    runner_factory: Callable[[Space], Any] | None,
+    events: Any,
+) -> list[Any]:
+    """The worker processes (not started), the CPU threads shared out between them."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [
+        ctx.Process(
+            target=_worker_main,
+            args=(i, child, gpus[i % len(gpus)] if gpus else None, threads, runner_factory, events),
+            name=f"peftsearch-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+
+
+def _supervise(procs: list[Any], parent: _Parent, events: Any, outcome: RunOutcome) -> None:
+    """Start the workers and show the study until they end; on Ctrl-C, interrupt them."""
+    from multiprocessing.connection import wait
+
+    try:
+        with Sigint():  # a Ctrl-C swallowed in a storage finalizer is acted on next turn
+            for p in procs:
+                p.start()
+            while any(p.is_alive() for p in procs):
+                Sigint.check()
+                parent.drain(events)
+                parent.poll()
+                wait([p.sentinel for p in procs if p.is_alive()], POLL_SECONDS)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        _interrupt(procs, parent.prog)
+    finally:
+        for p in procs:
+            if p.is_alive():  # an error in the parent itself: leave nothing behind
+                p.kill()
+            if p.pid is not None:
+                p.join()
+    parent.drain(events)
+
+
+def _wrap_up(procs: list[Any], parent: _Parent, outcome: RunOutcome) -> list[int | None]:
+    """After the workers ended: raise if none reached the study, else show the last trials
+    and how each worker ended. Returns their exit codes."""
+    prog = parent.prog
+    codes = [p.exitcode for p in procs]
+    if not parent.ready:  # no worker got as far as the study: report why, create nothing
+        if parent.errors:
+            raise UserError(parent.errors[0].split(": ", 1)[1])
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        raise WorkersFailed(f"no worker started (exit codes {codes}); see the errors above")
+    for line in dict.fromkeys(parent.errors):  # some workers failed, others ran
+        prog.note(f"error: {line}")
+    parent.poll()
+    for i, code in enumerate(codes):
+        if code is not None and code < 0:
+            prog.note(
+                f"worker {i} stopped early (signal {-code}); a trial it was running is "
+                "retried once its heartbeat is missed"
+            )
+        elif code not in (0, EXIT_INTERRUPTED, None):
+            prog.note(f"worker {i} stopped early (exit code {code})")
+    if any(code == EXIT_INTERRUPTED for code in codes):
+        outcome.interrupted = True
+    outcome.stopped_by_timeout = parent.timeouts > 0
+    return codes

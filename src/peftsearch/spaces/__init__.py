@@ -19,6 +19,11 @@ from peftsearch.spaces._params import (
     FloatDist,
     IntDist,
     ParamSpec,
+    Rule,
+    cat,
+    log_range,
+    register_params,
+    register_task,
 )
 from peftsearch.spaces._paths import PathProblem, is_data_file_name, resolve
 from peftsearch.spaces._schema import (
@@ -49,6 +54,11 @@ __all__ = [
     "ModelSpec",
     "ObjectivesSpec",
     "ParamSpec",
+    "Rule",
+    "cat",
+    "log_range",
+    "register_params",
+    "register_task",
     "Space",
     "StudySpec",
     "Template",

@@ -151,6 +151,10 @@ class Rule:
     high_open: bool = False
     help: str = ""
     choices: tuple[str, ...] | None = None  # the values a str parameter takes
+    # Where the parameter is asked in a trial (suggest order). It fixes which random draw of
+    # the sampler each parameter gets, so a seeded study replays exactly: a parameter
+    # registered later gets a later place unless it says otherwise.
+    order: float = math.inf
 
     def check(self, value: Any) -> None:
         """Raise ValueError unless ``value`` is allowed for this parameter."""
@@ -185,60 +189,87 @@ class Rule:
             raise ValueError(f"must be {op} {self.high}, got {value!r}")
 
 
-# The parameters a trial understands. `template` choices are checked against `templates:`.
+# The parameters a trial understands: the generic ones here, each adapter's and task's own
+# registered by its module (:func:`register_params`; peftsearch's own rooms are registered when
+# ``peftsearch`` is imported). `template` choices are checked against `templates:`.
 RULES: dict[str, Rule] = {
-    "template": Rule("str", None, help="name of a template under `templates:`"),
-    "verbalizer": Rule(
-        "optional_str",
-        None,
-        help="name of a verbalizer under `verbalizers:` (model.head: verbalizer)",
-    ),
-    "prompt_length": Rule("int", 0, low=0, help="learned virtual tokens; 0 = no soft prompt"),
+    "template": Rule("str", None, help="name of a template under `templates:`", order=0),
     "n_demos": Rule(
         "int",
         0,
         low=0,
         help="few-shot demonstrations per class in the template's {demos} slot (LM-BFF); 0 = none",
+        order=3,
     ),
-    "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA"),
     "learning_rate": Rule(
         "float",
         1e-3,
         low=0,
         low_open=True,
-        help="AdamW peak learning rate of the LoRA weights (and of the head and the soft prompt "
-        "unless head_learning_rate / prompt_learning_rate are given)",
+        help="AdamW peak learning rate of the LoRA weights (and of every other part whose own "
+        "rate, e.g. head_learning_rate / prompt_learning_rate, is not given)",
+        order=5,
     ),
-    "head_learning_rate": Rule(
-        "optional_float",
-        None,
-        low=0,
-        low_open=True,
-        help="peak learning rate of the classification head; null = learning_rate",
-    ),
-    "prompt_learning_rate": Rule(
-        "optional_float",
-        None,
-        low=0,
-        low_open=True,
-        help="peak learning rate of the soft prompt; null = learning_rate",
-    ),
-    "prompt_init": Rule(
-        "str",
-        "vocab",
-        choices=("vocab", "random"),
-        help="soft prompt start: embeddings of tokens sampled from the train rows (vocab, "
-        "Lester et al. 2021) or N(0, 1) rows (random, peft's RANDOM)",
-    ),
-    "lora_alpha": Rule("float", 16, low=0, low_open=True, help="LoRA scale numerator (alpha / r)"),
-    "lora_dropout": Rule("float", 0.0, low=0, high=1, high_open=True),
-    "target_modules": Rule("modules", None, help="LoRA targets; null = peft's default"),
-    "epochs": Rule("int", 1, low=1, help="passes over the trial's train subset"),
-    "max_steps": Rule("optional_int", None, low=1, help="if set, overrides epochs"),
-    "batch_size": Rule("int", 16, low=1),
-    "weight_decay": Rule("float", 0.0, low=0),
-    "warmup_ratio": Rule("float", 0.0, low=0, high=1),
+    "epochs": Rule("int", 1, low=1, help="passes over the trial's train subset", order=12),
+    "max_steps": Rule("optional_int", None, low=1, help="if set, overrides epochs", order=13),
+    "batch_size": Rule("int", 16, low=1, order=14),
+    "weight_decay": Rule("float", 0.0, low=0, order=15),
+    "warmup_ratio": Rule("float", 0.0, low=0, high=1, order=16),
 }
+
+# The space a file without `params:` searches, per head kind (template and verbalizer: all of
+# the file's): the training settings here, each adapter's sizes and rate ranges from its own
+# module (see ``peftsearch.objectives.adapters``).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {}
+
+# Who registered each parameter (a name is owned once).
+OWNERS: dict[str, str] = {name: "peftsearch.spaces" for name in RULES}
+
+
+# The registered task kinds: name -> the ``model.head`` it runs on (see
+# ``peftsearch.objectives.tasks``; a space's ``task:`` names one).
+TASKS: dict[str, str] = {}
+
+
+def register_task(name: str, head: str) -> None:
+    """Make ``task: name`` valid in a space file, for models with ``model.head: head``.
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    if name in TASKS:
+        raise ValueError(f"a task named {name!r} is already registered")
+    TASKS[name] = head
+
+
+def register_params(
+    owner: str, rules: dict[str, Rule], defaults: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Add an adapter's or a task's parameters to the space vocabulary.
+
+    Args:
+        owner: who declares them (an adapter or task name), named in a clash.
+        rules: name -> :class:`Rule`; a name may be registered once.
+        defaults: head kind (``classifier`` / ``verbalizer``) -> the entries it adds to the
+            default space (a fixed value or a distribution), for files without ``params:``.
+
+    Raises:
+        ValueError: a name is already registered by someone else, or a default names a
+            parameter that is not registered.
+    """
+    for name in rules:
+        if name in OWNERS and OWNERS[name] != owner:
+            raise ValueError(f"parameter {name!r} is already registered by {OWNERS[name]}")
+    merged = {**RULES, **rules}
+    ordered = sorted(merged.items(), key=lambda kv: kv[1].order)  # stable: ties keep arrival
+    RULES.clear()
+    RULES.update(ordered)
+    OWNERS.update(dict.fromkeys(rules, owner))
+    for kind, entries in (defaults or {}).items():
+        for name in entries:
+            if name not in RULES:
+                raise ValueError(f"default for unregistered parameter {name!r} ({owner})")
+        DEFAULT_PARAMS.setdefault(kind, {}).update(entries)
 
 
 def check_param(name: str, spec: Any) -> None:
@@ -262,36 +293,11 @@ def check_param(name: str, spec: Any) -> None:
         rule.check(v)
 
 
-def _cat(*choices: Any) -> CategoricalDist:
+def cat(*choices: Any) -> CategoricalDist:
+    """A categorical entry (for the default spaces adapters and tasks register)."""
     return CategoricalDist(type="categorical", choices=list(choices))
 
 
-def _log(low: float, high: float) -> FloatDist:
+def log_range(low: float, high: float) -> FloatDist:
+    """A log-scale float range (for the default spaces adapters and tasks register)."""
     return FloatDist(type="float", low=low, high=high, log=True)
-
-
-# The space a file without `params:` searches, per head kind (template and verbalizer: all of
-# the file's). Each part has its own learning-rate range: a new linear head and a soft prompt
-# want rates one to two orders of magnitude above LoRA's (measured on MiniLM + Rotten Tomatoes
-# and SMS spam: benchmarks/RESULTS.md, "Per-part learning rates").
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "classifier": {
-        "prompt_length": _cat(0, 4, 16),
-        "lora_r": _cat(0, 1, 4, 16),
-        "learning_rate": _log(5e-4, 5e-3),
-        "head_learning_rate": _log(1e-2, 3e-1),
-        "prompt_learning_rate": _log(1e-2, 3e-1),
-        "epochs": 2,
-        "batch_size": 16,
-        "warmup_ratio": 0.06,
-    },
-    "verbalizer": {
-        "prompt_length": _cat(0, 4, 16),
-        "lora_r": _cat(0, 1, 4, 16),
-        "learning_rate": _log(1e-4, 3e-3),
-        "prompt_learning_rate": _log(1e-3, 1e-1),
-        "epochs": 1,
-        "batch_size": 16,
-        "warmup_ratio": 0.06,
-    },
-}

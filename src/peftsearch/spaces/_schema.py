@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from peftsearch.spaces._params import (
     DEFAULT_PARAMS,
     RULES,
+    TASKS,
     CategoricalDist,
     FloatDist,
     IntDist,
@@ -275,9 +276,23 @@ class Space(_Section):
     objectives: ObjectivesSpec = Field(default_factory=ObjectivesSpec)
     study: StudySpec = Field(default_factory=StudySpec)
     output: str | None = Field(None, description="default: runs/<study name> under the cwd")
+    task: str | None = Field(
+        None,
+        description="what a trial learns: classify (model.head classifier), verbalize "
+        "(model.head verbalizer) or a registered task; default: from model.head",
+    )
+
+    @property
+    def task_name(self) -> str:
+        """The task a trial of this space runs (``task:``, or the one of ``model.head``)."""
+        if self.task is not None:
+            return self.task
+        return "verbalize" if self.model.head == "verbalizer" else "classify"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Space:
+        if self.task is not None:
+            _check_task(self.task, self.model.head)
         for name, tmpl in self.templates.items():
             try:
                 check_template(tmpl, self.data.text_columns, self.model.head == "verbalizer")
@@ -455,6 +470,21 @@ class Space(_Section):
             )
         params.update(self.params if self.params is not None else default_params(self))
         return params
+
+
+def _check_task(task: str, head: str) -> None:
+    if task not in TASKS:
+        raise PydanticCustomError(
+            "at_key",
+            "{msg}",
+            {"msg": f"no task {task!r}; tasks: {', '.join(TASKS)}", "loc": ("task",)},
+        )
+    if TASKS[task] != head:
+        raise PydanticCustomError(
+            "at_key",
+            "{msg}",
+            {"msg": f"task {task} runs on model.head: {TASKS[task]}", "loc": ("task",)},
+        )
 
 
 def default_params(space: Space) -> dict[str, Any]:

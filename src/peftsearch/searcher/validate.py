@@ -1,16 +1,21 @@
-"""``search validate``: check a space against its real model and data, without training."""
+"""``search validate``: check a space against its real model and data, without training.
+
+It sits in the searcher, above :mod:`peftsearch.objectives` whose data, model and metric
+loaders it uses: it also shows what the search will do (the demonstration counts it tries).
+"""
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 from peftsearch.errors import SpaceError
-from peftsearch.objectives.data import load_splits
+from peftsearch.objectives.data import Splits, load_splits
 from peftsearch.objectives.model import model_error
+from peftsearch.searcher.records import demo_counts
 from peftsearch.spaces import DEMOS, CategoricalDist, IntDist, Space, has_slot, render
 
 
@@ -54,6 +59,27 @@ def check_space(space: Space) -> Iterator[str]:
     first train row. Yields report lines; raises SpaceError on the first problem."""
     file = str(space.file)
     splits = load_splits(space)
+    yield from _data_lines(space, splits)
+    tokenizer = yield from _model_lines(space)
+    from peftsearch.objectives.metrics import check_metric, load_metric  # imports evaluate: slow
+
+    objectives = space.objectives
+    metric = load_metric(objectives.metric, file)
+    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
+    yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
+    if space.lm_kind is not None:
+        yield (
+            f"head: verbalizer ({space.lm_kind} LM; label words scored "
+            + ("at {mask})" if space.lm_kind == "masked" else "after the template's end)")
+        )
+    yield from _template_lines(space, splits, tokenizer)
+    yield from _truncation_lines(space, splits, tokenizer)
+    yield from _search_lines(space)
+    yield f"{file}: ok (nothing trained, nothing written)"
+
+
+def _data_lines(space: Space, splits: Splits) -> Iterator[str]:
+    """The split sizes and the train labels."""
     sizes = splits.summary()
     yield (
         "data: "
@@ -64,8 +90,14 @@ def check_space(space: Space) -> Iterator[str]:
     yield "labels (train): " + ", ".join(
         f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels)
     )
+
+
+def _model_lines(space: Space) -> Generator[str, None, Any]:
+    """Load the model config and tokenizer and check them against the space; yields the
+    model line, returns the tokenizer."""
     from transformers import AutoConfig, AutoTokenizer  # imports torch: after the data checks
 
+    file = str(space.file)
     kwargs: dict[str, Any] = {"trust_remote_code": space.model.trust_remote_code}
     where = space.model.path
     if where.endswith(".gguf"):
@@ -89,17 +121,11 @@ def check_space(space: Space) -> Iterator[str]:
             f"{limit} positions",
         )
     yield f"model: {config.model_type}, {space.model.path}"
-    from peftsearch.objectives.metrics import check_metric, load_metric  # imports evaluate: slow
+    return tokenizer
 
-    objectives = space.objectives
-    metric = load_metric(objectives.metric, file)
-    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
-    yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
-    if space.lm_kind is not None:
-        yield (
-            f"head: verbalizer ({space.lm_kind} LM; label words scored "
-            + ("at {mask})" if space.lm_kind == "masked" else "after the template's end)")
-        )
+
+def _template_lines(space: Space, splits: Splits, tokenizer: Any) -> Iterator[str]:
+    """Each template rendered and tokenized on train row 0."""
     row = splits.train.iloc[0].to_dict()
     if space.lm_kind == "masked":
         row["mask"] = tokenizer.mask_token
@@ -109,6 +135,12 @@ def check_space(space: Space) -> Iterator[str]:
         n = len(tokenizer(*pair, truncation=True, max_length=space.model.max_length)["input_ids"])
         shown = " ||| ".join(pair) if pair[1] is not None else pair[0]
         yield f"template {name!r} ({n} tokens on train row 0): {shown[:200]!r}"
+
+
+def _truncation_lines(space: Space, splits: Splits, tokenizer: Any) -> Iterator[str]:
+    """Per template, how many train rows are longer than ``model.max_length`` and by how much;
+    a template whose own words do not fit is an error."""
+    file = str(space.file)
     rows = splits.train[space.data.text_columns].to_dict("records")
     if space.lm_kind == "masked":
         rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
@@ -134,6 +166,11 @@ def check_space(space: Space) -> Iterator[str]:
             f"{sum(over) / cut:.1f}, median {statistics.median(over):g}, max {max(over):,}), "
             f"the template's own words ({own} tokens) are kept"
         )
+
+
+def _search_lines(space: Space) -> Iterator[str]:
+    """What ``search run`` adds before and during the search: found label words, and the
+    demonstration counts it tries."""
     auto = space.auto_verbalizers
     if auto is not None:
         yield (
@@ -141,8 +178,6 @@ def check_space(space: Space) -> Iterator[str]:
             f"({', '.join(space.auto_names)}), found by the model per template on {auto.rows} "
             "train rows per class when `search run` starts, then stored on the study"
         )
-    from peftsearch.searcher.study import demo_counts
-
     shots = demo_counts(space)
     if shots:
         with_slot = [n for n, t in space.templates.items() if has_slot(t, DEMOS)]
@@ -151,4 +186,3 @@ def check_space(space: Space) -> Iterator[str]:
             f"slot of {', '.join(with_slot)}; each one's text is cut to max_length / "
             "(demonstrations + 1) tokens, and long rows lose demonstrations before their text"
         )
-    yield f"{file}: ok (nothing trained, nothing written)"

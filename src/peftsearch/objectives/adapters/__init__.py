@@ -1,0 +1,140 @@
+"""The adapter kinds, one module each, registered in one place.
+
+Built in: :mod:`.lora` (LoRA), :mod:`.prompt` (the soft prompt), :mod:`.head` (the
+classification head). A new kind is a subclass of :class:`Adapter` in its own module and one
+:func:`register` call (below, or from a user's code before a study runs): its parameters join
+the space vocabulary, the packed engine builds and trains its tensors, the report and export
+name it. ``docs/ARCHITECTURE.md`` has the checklist.
+
+Registry order is the order adapters draw their initial tensors from a trial's seed and lay
+them out in the stack: a kind registered later comes after the built-in ones, so their trials'
+results do not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftsearch.objectives.adapters._base import Adapter
+from peftsearch.spaces import register_params
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Add an adapter kind: its parameters join the space vocabulary (and default space).
+
+    Raises:
+        ValueError: the name is taken, empty, or one of its parameters is already someone's.
+    """
+    name = adapter.name
+    if not name or not name.isidentifier():
+        raise ValueError(f"an adapter's name must be an identifier, got {name!r}")
+    if name in ADAPTERS:
+        raise ValueError(f"an adapter named {name!r} is already registered")
+    register_params(f"adapter {name!r}", adapter.rules, adapter.defaults)
+    ADAPTERS[name] = adapter
+    return adapter
+
+
+def get(name: str) -> Adapter:
+    """The registered adapter ``name``.
+
+    Raises:
+        KeyError: none of that name; the message lists the registered ones.
+    """
+    try:
+        return ADAPTERS[name]
+    except KeyError:
+        raise KeyError(f"no adapter {name!r}; registered: {', '.join(ADAPTERS)}") from None
+
+
+def used(params: dict[str, Any]) -> list[Adapter]:
+    """The adapters a trial of ``params`` trains, in registry order."""
+    return [a for a in ADAPTERS.values() if a.used(params)]
+
+
+def kind_of(params: dict[str, Any]) -> str:
+    """A trial's kind: its adapters joined by ``+`` (``lora``, ``prompt``, ``lora+prompt``),
+    or ``head`` when it trains none (a linear probe, or the zero-shot LM)."""
+    names = [a.name for a in used(params) if a.in_kind]
+    return "+".join(sorted(names, key=_kind_order)) or "head"
+
+
+def _kind_order(name: str) -> tuple[int, str]:
+    # ``lora+prompt`` (the kinds' names since 0.1.0): injected adapters before the outer one.
+    return (int(ADAPTERS[name].outer), name)
+
+
+def part_of(parameter_name: str) -> str:
+    """The adapter (learning-rate part) a trainable parameter of a built model belongs to:
+    the first that claims it, else ``head``."""
+    for adapter in ADAPTERS.values():
+        if adapter.owns(parameter_name):
+            return adapter.name
+    return "head"
+
+
+def parts() -> tuple[str, ...]:
+    """Every learning-rate part, in registry order (a column of the stack's rates each)."""
+    return tuple(ADAPTERS)
+
+
+def rates(params: dict[str, Any]) -> dict[str, float]:
+    """Each part's peak learning rate in a trial of ``params``."""
+    return {name: a.rate(params) for name, a in ADAPTERS.items()}
+
+
+def peft_configs(
+    params: dict[str, Any], task_type: Any, model_config: Any = None
+) -> dict[str, Any]:
+    """peft configs of a trial's adapters, by sub-directory of a saved model ('' = the top).
+
+    One adapter with a peft config: it is the top. Several: the ``outer`` one (the soft
+    prompt: peft's prompt learning wraps the model) is the top and each other goes in beneath
+    it (``inject_adapter_in_model``), saved in the sub-directory of its name; without an outer
+    one peft has no way to hold them together.
+
+    Raises:
+        ValueError: several adapters with peft configs and none of them outer.
+    """
+    configs = {
+        a.name: c
+        for a in used(params)
+        if (c := a.peft_config(params, task_type, model_config)) is not None
+    }
+    if len(configs) <= 1:
+        return {"": next(iter(configs.values()))} if configs else {}
+    outer = [n for n in configs if ADAPTERS[n].outer]
+    if len(outer) != 1:
+        raise ValueError(
+            f"adapters {', '.join(configs)} cannot be combined in one peft model "
+            "(one of them must wrap the others, as a soft prompt does)"
+        )
+    return {("" if n == outer[0] else n): c for n, c in configs.items()}
+
+
+from peftsearch.objectives.adapters.head import Head  # noqa: E402
+from peftsearch.objectives.adapters.lora import LoRA  # noqa: E402
+from peftsearch.objectives.adapters.prompt import SoftPrompt  # noqa: E402
+
+# The built-in kinds. A new one: its module, and one line here.
+register(LoRA())
+register(SoftPrompt())
+register(Head())
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "Head",
+    "LoRA",
+    "SoftPrompt",
+    "get",
+    "kind_of",
+    "part_of",
+    "parts",
+    "peft_configs",
+    "rates",
+    "register",
+    "used",
+]

@@ -1,0 +1,104 @@
+"""What an adapter kind is: the one interface every adapter module implements.
+
+An adapter is one kind of trainable part a trial may put on the frozen base model (LoRA, a
+soft prompt, the classification head, ...). Its module owns everything about it, so that a new
+PEFT method is one file (see ``docs/ARCHITECTURE.md``, "Add a PEFT method"):
+
+- its searchable parameters (:attr:`Adapter.rules`, in the space vocabulary) and the ranges a
+  file without ``params:`` searches (:attr:`Adapter.defaults`);
+- whether a trial uses it (:meth:`Adapter.used`), how it is named in the report, the export
+  README and a trial's kind (:meth:`Adapter.describe`, :attr:`Adapter.size_param`);
+- in the packed engine: its trainable tensors and their init (:meth:`Adapter.init`, fields of
+  the stack named ``<name>`` or ``<name>.<...>``), its hooks on the base (:meth:`Adapter.attach`)
+  and what they need per forward (:meth:`Adapter.prepare`);
+- outside the engine (``search train`` of a classifier, export, the saved model): its peft
+  config (:meth:`Adapter.peft_config`), or for an adapter peft has no config for, which
+  parameters of a plain model it unfreezes (:meth:`Adapter.unfreeze`); and which parameters
+  of a built model are its own (:meth:`Adapter.owns`), for their learning rate.
+
+Nothing here imports torch or peft at import time: validating a space file registers the
+adapters' parameters without loading either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from peftsearch.spaces import Rule
+
+
+class Adapter:
+    """Base of every adapter kind; subclasses set the class attributes and override what they
+    need (every method has a do-nothing default except :meth:`used`).
+
+    Attributes:
+        name: the adapter's name: its learning-rate part in the stack, the prefix of its
+            tensors' field names, its word in a trial's kind (``lora+prompt``).
+        rules: its searchable parameters (name -> :class:`~peftsearch.spaces.Rule`).
+        defaults: head kind -> the entries it adds to the default space.
+        rate_param: the parameter holding its own peak learning rate; None or a null value
+            falls back to ``learning_rate``.
+        size_param: the parameter that says how big it is (shown in report tables), if any.
+        in_kind: whether it names a trial's kind (the head is in every classifier: not).
+        outer: its peft config wraps the model (prompt learning); the others are injected
+            beneath it and saved in a sub-directory named after them.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    rules: ClassVar[dict[str, Rule]] = {}
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    rate_param: ClassVar[str | None] = None
+    size_param: ClassVar[str | None] = None
+    in_kind: ClassVar[bool] = True
+    outer: ClassVar[bool] = False
+
+    # -- the trial ------------------------------------------------------------------------------
+
+    def used(self, params: dict[str, Any]) -> bool:
+        """Whether a trial of ``params`` trains this adapter."""
+        raise NotImplementedError
+
+    def describe(self, params: dict[str, Any]) -> str:
+        """A short phrase for the export README (``LoRA r=4, alpha=16``)."""
+        return self.name
+
+    def rate(self, params: dict[str, Any]) -> float:
+        """The adapter's peak learning rate in a trial of ``params``."""
+        own = params.get(self.rate_param) if self.rate_param else None
+        return float(own if own is not None else params["learning_rate"])
+
+    # -- the packed engine ----------------------------------------------------------------------
+
+    def attach(self, engine: Any) -> None:
+        """Called once when an engine is built on a base model: register hooks that must be
+        there from the start (``engine.hook(module, key, make)``: registered once per key)."""
+
+    def init(self, engine: Any, slot: Any, gen: Any) -> dict[str, Any]:
+        """The slot's initial tensors, by field name (each a ``torch.nn.Parameter``), drawn
+        from ``gen`` only; ``slot.state[self.name]`` may hold what the hooks need later.
+        Called in registry order, so each adapter's draws follow the previous ones'."""
+        return {}
+
+    def prepare(self, engine: Any, rows: Any, segments: list[tuple[Any, int]]) -> None:
+        """Before a packed forward: put what this adapter's hooks need per batch row into
+        ``rows.extra[self.name]`` (tensor ops, no loop over slots in the hooks)."""
+
+    def virtual_tokens(self, slot: Any) -> int:
+        """Columns this adapter puts in front of a slot's rows (a soft prompt's length)."""
+        return 0
+
+    # -- outside the engine -----------------------------------------------------------------------
+
+    def peft_config(self, params: dict[str, Any], task_type: Any, model_config: Any) -> Any:
+        """peft's config of this adapter for a trial (None: peft has none for it)."""
+        return None
+
+    def unfreeze(self, model: Any, params: dict[str, Any]) -> None:
+        """An adapter without a peft config: make its parameters of the plain ``model``
+        trainable (called after the peft configs are applied)."""
+
+    def owns(self, parameter_name: str) -> bool:
+        """Whether a trainable parameter of a built model is this adapter's (its learning
+        rate); the parameters no adapter claims are the head's."""
+        return False

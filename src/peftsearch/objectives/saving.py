@@ -1,0 +1,203 @@
+"""``search train``'s saved directory: the weights, the files beside them, the reload check.
+
+:func:`save` writes into a temp directory beside the target, loads it back the plain way
+(:func:`check_reload`) and renames it into place only if it predicts what the trained model
+predicts. :func:`save_injected` and :func:`save_lm_adapters` write adapters in peft's own format;
+:func:`load_py` is the text of ``load.py`` (the module :mod:`peftsearch.objectives.load`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftsearch.objectives.load import label_scores, load_model, predict_texts
+from peftsearch.objectives.model_card import readme
+
+if TYPE_CHECKING:
+    from peftsearch.objectives.production_heads import Trained
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save(
+    trained: Trained,
+    info: dict[str, Any],
+    record: dict[str, Any],
+    to: Path,
+    probe: list[str],
+    device: str,
+    script: str,
+) -> None:
+    """Save into a temp dir beside ``to``, check that it reloads to the same predictions, and
+    rename it into place."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp"))
+    try:
+        trained.write(tmp)
+        trained.tokenizer.save_pretrained(tmp)
+        (tmp / "inference.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+        (tmp / "load.py").write_text(script, encoding="utf-8")
+        (tmp / "README.md").write_text(readme(info, record), encoding="utf-8")
+        check_reload(trained.want, tmp, probe, device)
+        mask = _umask()
+        for path in tmp.rglob("*"):  # safetensors writes 0600; give every file the same mode
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700
+        os.rename(tmp, to)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_injected(model: Any, adapter: Any, into: Path, base_model: str) -> None:
+    """An adapter injected beneath the top one (LoRA beneath the soft prompt), in peft's own
+    format: its config and its weights (``load.py`` injects every such sub-directory)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    inner = model.base_model  # the transformers model with the adapter injected
+    config = copy.deepcopy(inner.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.inference_mode = True
+    into.mkdir()
+    config.save_pretrained(str(into))
+    state = get_peft_model_state_dict(inner, adapter_name="default")
+    # The head belongs to the outer adapter (modules_to_save); only this adapter's tensors.
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items() if adapter.owns(k)}
+    if not weights:
+        raise RuntimeError(f"no {adapter.name} weights found beneath the top adapter")
+    save_file(weights, str(into / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into: Path) -> None:
+    """A verbalizer slot's LoRA and soft prompt as peft adapters on ``base`` (modified in
+    place: it is not needed after training), in the classifier layout: the top directory holds
+    the outer adapter, ``lora/`` the LoRA beneath a soft prompt."""
+    from peft import TaskType
+
+    from peftsearch.objectives import adapters
+
+    task = TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.FEATURE_EXTRACTION
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns about the second modification; expected
+        model = _with_lora(base, slot, task)
+        if slot.prompt is not None:
+            model = _with_prompt(model, base, slot, task)
+    if slot.lora or slot.prompt is not None:
+        model.peft_config["default"].base_model_name_or_path = base_model
+        model.save_pretrained(into)
+        if slot.lora and slot.prompt is not None:
+            save_injected(model, adapters.get("lora"), into / "lora", base_model)
+
+
+def _with_lora(base: Any, slot: Any, task: Any) -> Any:
+    """``base`` with the slot's trained LoRA (if it has one): a peft model, or, beneath a soft
+    prompt, ``base`` with the LoRA injected."""
+    import torch
+    from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+
+    if not slot.lora:
+        return base
+    params = slot.params
+    lora = LoraConfig(
+        task_type=task,
+        r=params["lora_r"],
+        lora_alpha=params["lora_alpha"],  # a float in peft
+        lora_dropout=params["lora_dropout"],
+        target_modules=sorted(slot.lora),  # the exact layers the engine trained
+    )
+    model: Any
+    layers: Any
+    if slot.prompt is None:
+        model = get_peft_model(base, lora)
+        layers = model.get_base_model()
+    else:
+        model = layers = inject_adapter_in_model(lora, base)
+    with torch.no_grad():
+        for name, (a, b) in slot.lora.items():
+            layer = layers.get_submodule(name)
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+    return model
+
+
+def _with_prompt(model: Any, base: Any, slot: Any, task: Any) -> Any:
+    """``model`` under the slot's trained soft prompt (a peft prompt-tuning model)."""
+    import torch
+    from peft import get_peft_model
+
+    from peftsearch.objectives.model import prompt_config
+
+    config = prompt_config(base.config, task, slot.prompt_length)
+    model = get_peft_model(model, config)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.copy_(slot.prompt)
+    return model
+
+
+def check_reload(want: list[dict[str, Any]], saved: Path, probe: list[str], device: str) -> None:
+    """The saved directory, loaded the plain way, must predict ``want``: what the trained
+    model predicts for the ``probe`` texts."""
+    if not probe:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
+        again, again_tok, again_info = load_model(saved, device)
+    got = predict_texts(again, again_tok, again_info, probe)
+    worst = max(
+        abs(a["scores"][k] - b["scores"][k])
+        for a, b in zip(want, got, strict=True)
+        for k in a["scores"]
+    )
+    if worst > 1e-4:
+        raise RuntimeError(
+            f"the saved model does not reproduce the trained one (max probability gap {worst:.2e})"
+        )
+
+
+# -- what is written beside the weights ------------------------------------------------------------
+
+
+def load_py() -> str:
+    """``load.py``: the module :mod:`peftsearch.objectives.load` verbatim (:func:`load_model`,
+    :func:`predict_texts`, :func:`label_scores` and a command line).
+
+    The file can differ from the running code if peftsearch was reinstalled or edited since it
+    was imported. So the text is compiled, and each function must have the running
+    function's bytecode.
+
+    Raises:
+        RuntimeError: the file on disk no longer matches the running code.
+    """
+    text = _load_py_text()
+    defined: dict[str, Any] = {}
+    try:  # defines the functions (and imports json, sys, pathlib, typing); runs nothing else
+        exec(compile(text, "load.py", "exec"), defined)
+    except SyntaxError as exc:
+        raise RuntimeError(f"cannot write load.py: its source does not parse: {exc}") from None
+    for f in (load_model, predict_texts, label_scores):
+        again = defined.get(f.__name__)
+        if again is None or again.__code__.co_code != f.__code__.co_code:
+            raise RuntimeError(
+                f"cannot write load.py: {__file__} changed since peftsearch was imported "
+                "(reinstalled or edited?); run the command again"
+            )
+    return text
+
+
+def _load_py_text() -> str:
+    from peftsearch.objectives import load
+
+    return Path(load.__file__).read_text(encoding="utf-8")

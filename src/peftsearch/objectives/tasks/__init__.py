@@ -1,0 +1,55 @@
+"""The task kinds, one module each, registered in one place.
+
+Built in: :mod:`.classify` (a new classification head) and :mod:`.verbalize` (LM label
+words). A new kind is a subclass of :class:`Task` in its own module and one :func:`register`
+call; ``docs/ARCHITECTURE.md`` has the checklist.
+"""
+
+from __future__ import annotations
+
+from peftsearch.objectives.tasks._base import Task
+from peftsearch.spaces import register_params, register_task
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task kind: ``task: <name>`` becomes valid in a space file (on ``model.head:
+    <task.head>``), and its parameters join the space vocabulary.
+
+    Raises:
+        ValueError: its name is taken, or one of its parameters is already someone's.
+    """
+    if not task.name or task.name in TASKS:
+        raise ValueError(f"a task named {task.name!r} is already registered")
+    register_params(f"task {task.name!r}", task.rules, task.defaults)
+    register_task(task.name, task.head)
+    TASKS[task.name] = task
+    return task
+
+
+def get(name: str) -> Task:
+    """The registered task ``name``.
+
+    Raises:
+        KeyError: none of that name; the message lists the registered ones.
+    """
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"no task {name!r}; registered: {', '.join(TASKS)}") from None
+
+
+def for_lm_kind(lm_kind: str | None) -> Task:
+    """The built-in task of a base of ``lm_kind`` (None: a sequence classifier)."""
+    return TASKS["classify" if lm_kind is None else "verbalize"]
+
+
+from peftsearch.objectives.tasks.classify import Classify  # noqa: E402
+from peftsearch.objectives.tasks.verbalize import Verbalize  # noqa: E402
+
+# The built-in kinds. A new one: its module, and one line here.
+register(Classify())
+register(Verbalize())
+
+__all__ = ["TASKS", "Classify", "Task", "Verbalize", "for_lm_kind", "get", "register"]
