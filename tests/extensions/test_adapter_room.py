@@ -97,9 +97,11 @@ def test_a_toy_adapter_is_searched_pruned_reported_exported_and_trained(
     # Successive halving stopped some trial at a rung (the pruner does not know the kinds).
     assert outcome.counts.get("pruned", 0) >= 1, outcome.counts
 
-    # Reported: the report names the parameter, the export its kind.
+    # Reported: the Pareto table and CSV have its size column, the export its kind.
     report = (space.output_dir / "report.html").read_text(encoding="utf-8")
-    assert "bitfit" in report
+    assert "<th>prompt_length</th><th>lora_r</th><th>bitfit</th>" in report
+    csv = (space.output_dir / "pareto.csv").read_text(encoding="utf-8").splitlines()
+    assert "prompt_length,lora_r,bitfit,learning_rate" in csv[0]
     exported = export_trial(study, alone.number, tmp_path / "export")
     provenance = json.loads((exported / "export.json").read_text(encoding="utf-8"))
     assert provenance["kind"] == "bitfit"

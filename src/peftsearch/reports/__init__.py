@@ -1,5 +1,5 @@
 """What users read: the Pareto front (table, CSV); the HTML report comes next."""
 
-from peftsearch.reports.pareto import COLUMNS, pareto_rows, render_table, write_csv
+from peftsearch.reports.pareto import columns, pareto_rows, render_table, write_csv
 
-__all__ = ["COLUMNS", "pareto_rows", "render_table", "write_csv"]
+__all__ = ["columns", "pareto_rows", "render_table", "write_csv"]

@@ -7,21 +7,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.trials import front_trials
 
-COLUMNS = [
-    "trial",
-    "metric",
-    "trainable_params",
-    "trainable_pct",
-    "template",
-    "verbalizer",
-    "prompt_length",
-    "lora_r",
-    "learning_rate",
-    "train_seconds",
-    "template_text",
-]
+
+def columns() -> list[str]:
+    """The CSV's columns: each registered adapter's size (``prompt_length``, ``lora_r``, ...)
+    between the template and the learning rate."""
+    return [
+        "trial",
+        "metric",
+        "trainable_params",
+        "trainable_pct",
+        "template",
+        "verbalizer",
+        *adapters.size_params(),
+        "learning_rate",
+        "train_seconds",
+        "template_text",
+    ]
 
 
 def pareto_rows(study: Any) -> list[dict[str, Any]]:
@@ -39,8 +43,7 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
                 "trainable_pct": t.user_attrs.get("trainable_pct"),
                 "template": params.get("template"),
                 "verbalizer": params.get("verbalizer"),  # model.head verbalizer only
-                "prompt_length": params.get("prompt_length"),
-                "lora_r": params.get("lora_r"),
+                **{name: params.get(name) for name in adapters.size_params()},
                 "learning_rate": params.get("learning_rate"),
                 "train_seconds": t.user_attrs.get("train_seconds"),
                 "template_text": t.user_attrs.get("template_text"),
@@ -54,7 +57,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write ``rows`` to ``path`` atomically (a temp file renamed over it)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=columns())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -80,8 +83,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
         ("% base", "right"),
         ("template", "left"),
         *([("verbalizer", "left")] if verbalizers else []),
-        ("prompt_length", "right"),
-        ("lora_r", "right"),
+        *((name, "right") for name in adapters.size_params()),
         ("learning_rate", "right"),
         ("train s", "right"),
     ]:
@@ -95,8 +97,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
             f"{pct:.3f}" if pct is not None else "",
             escape(str(r["template"])),
             *([escape(str(r.get("verbalizer")))] if verbalizers else []),
-            str(r["prompt_length"]),
-            str(r["lora_r"]),
+            *(str(r.get(name)) for name in adapters.size_params()),
             f"{r['learning_rate']:.2e}"
             if isinstance(r["learning_rate"], float)
             else str(r["learning_rate"]),

@@ -66,6 +66,16 @@ def _kind_order(name: str) -> tuple[int, str]:
     return (int(ADAPTERS[name].outer), name)
 
 
+def size_params() -> list[str]:
+    """The parameters that say how big each adapter is (``prompt_length``, ``lora_r``), in the
+    vocabulary's order: the columns of the Pareto table and CSV."""
+    from peftsearch.spaces import RULES
+
+    order = list(RULES)
+    names = [a.size_param for a in ADAPTERS.values() if a.size_param in RULES]
+    return sorted(names, key=order.index)
+
+
 def part_of(parameter_name: str) -> str:
     """The adapter (learning-rate part) a trainable parameter of a built model belongs to:
     the first that claims it, else ``head``."""
@@ -136,5 +146,6 @@ __all__ = [
     "peft_configs",
     "rates",
     "register",
+    "size_params",
     "used",
 ]

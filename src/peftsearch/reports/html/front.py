@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.html.section import Drawn, Section, needs_trials
 from peftsearch.reports.html.style import (
     FADED,
@@ -199,10 +200,12 @@ class TableView(NamedTuple):
 
 def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
     verbalizers = any(r.get("verbalizer") is not None for r in rows)
+    sizes = adapters.size_params()  # prompt_length, lora_r, ...: one column per adapter
     head = (
         f"<tr><th>trial</th><th>{esc(metric)}</th><th>trainable params</th><th>% of base</th>"
-        f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}<th>prompt_length</th>"
-        "<th>lora_r</th><th>learning_rate</th><th>train s</th><th>template text</th></tr>"
+        f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}"
+        + "".join(f"<th>{esc(name)}</th>" for name in sizes)
+        + "<th>learning_rate</th><th>train s</th><th>template text</th></tr>"
     )
     body = []
     for r in rows:
@@ -216,9 +219,8 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
             f'<td class="num">{"" if pct is None else f"{pct:.3f}"}</td>'
             f"<td>{esc(r['template'])}</td>"
             + (f"<td>{esc(str(r.get('verbalizer')))}</td>" if verbalizers else "")
-            + f'<td class="num">{esc(num(r["prompt_length"]))}</td>'
-            f'<td class="num">{esc(num(r["lora_r"]))}</td>'
-            f'<td class="num">{esc(num(r["learning_rate"]))}</td>'
+            + "".join(f'<td class="num">{esc(num(r.get(name)))}</td>' for name in sizes)
+            + f'<td class="num">{esc(num(r["learning_rate"]))}</td>'
             f'<td class="num">{"" if secs is None else f"{secs:.1f}"}</td>'
             f"<td><code>{esc(r['template_text'] or '')}</code></td></tr>"
         )
