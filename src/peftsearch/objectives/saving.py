@@ -82,69 +82,44 @@ def save_injected(model: Any, adapter: Any, into: Path, base_model: str) -> None
 
 
 def save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into: Path) -> None:
-    """A verbalizer slot's LoRA and soft prompt as peft adapters on ``base`` (modified in
-    place: it is not needed after training), in the classifier layout: the top directory holds
-    the outer adapter, ``lora/`` the LoRA beneath a soft prompt."""
-    from peft import TaskType
+    """A verbalizer slot's trained adapters as peft adapters on ``base`` (modified in place: it
+    is not needed after training), in the classifier layout (:func:`adapters.arrange`): the top
+    directory holds the outer adapter, a sub-directory each adapter injected beneath it. Each
+    adapter builds its config (:meth:`Adapter.slot_config`) and copies the slot's tensors in
+    (:meth:`Adapter.load_slot`). The zero-shot model (no adapter) saves nothing here."""
+    from peft import get_peft_model, inject_adapter_in_model
 
-    from peftsearch.objectives import adapters
+    from peftsearch.objectives import adapters, tasks
 
-    task = TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.FEATURE_EXTRACTION
+    task = tasks.for_lm_kind(lm_kind).peft_task_type(lm_kind)
+    configs = {
+        a.name: c
+        for a in adapters.used(slot.params)
+        if (c := a.slot_config(slot, task, base.config)) is not None
+    }
+    unsaved = {name.split(".")[0] for name in slot.tensors} - set(configs)
+    if unsaved:
+        raise RuntimeError(
+            f"adapter {', '.join(sorted(unsaved))} has no peft config: a verbalizer head's "
+            "`search train` cannot save it"
+        )
+    if not configs:
+        return
+    layout = adapters.arrange(configs)
+    model: Any = base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft warns about the second modification; expected
-        model = _with_lora(base, slot, task)
-        if slot.prompt is not None:
-            model = _with_prompt(model, base, slot, task)
-    if slot.lora or slot.prompt is not None:
-        model.peft_config["default"].base_model_name_or_path = base_model
-        model.save_pretrained(into)
-        if slot.lora and slot.prompt is not None:
-            save_injected(model, adapters.get("lora"), into / "lora", base_model)
-
-
-def _with_lora(base: Any, slot: Any, task: Any) -> Any:
-    """``base`` with the slot's trained LoRA (if it has one): a peft model, or, beneath a soft
-    prompt, ``base`` with the LoRA injected."""
-    import torch
-    from peft import LoraConfig, get_peft_model, inject_adapter_in_model
-
-    if not slot.lora:
-        return base
-    params = slot.params
-    lora = LoraConfig(
-        task_type=task,
-        r=params["lora_r"],
-        lora_alpha=params["lora_alpha"],  # a float in peft
-        lora_dropout=params["lora_dropout"],
-        target_modules=sorted(slot.lora),  # the exact layers the engine trained
-    )
-    model: Any
-    layers: Any
-    if slot.prompt is None:
-        model = get_peft_model(base, lora)
-        layers = model.get_base_model()
-    else:
-        model = layers = inject_adapter_in_model(lora, base)
-    with torch.no_grad():
-        for name, (a, b) in slot.lora.items():
-            layer = layers.get_submodule(name)
-            layer.lora_A["default"].weight.copy_(a)
-            layer.lora_B["default"].weight.copy_(b)
-    return model
-
-
-def _with_prompt(model: Any, base: Any, slot: Any, task: Any) -> Any:
-    """``model`` under the slot's trained soft prompt (a peft prompt-tuning model)."""
-    import torch
-    from peft import get_peft_model
-
-    from peftsearch.objectives.model import prompt_config
-
-    config = prompt_config(base.config, task, slot.prompt_length)
-    model = get_peft_model(model, config)
-    with torch.no_grad():
-        model.prompt_encoder["default"].embedding.weight.copy_(slot.prompt)
-    return model
+        for where, config in layout.items():
+            if where:  # beneath the top one
+                model = inject_adapter_in_model(config, model)
+        model = get_peft_model(model, layout[""])
+    for name in configs:
+        adapters.get(name).load_slot(model, slot)
+    model.peft_config["default"].base_model_name_or_path = base_model
+    model.save_pretrained(into)
+    for where in layout:
+        if where:
+            save_injected(model, adapters.get(where), into / where, base_model)
 
 
 def check_reload(want: list[dict[str, Any]], saved: Path, probe: list[str], device: str) -> None:

@@ -98,7 +98,20 @@ def rates(params: dict[str, Any]) -> dict[str, float]:
 def peft_configs(
     params: dict[str, Any], task_type: Any, model_config: Any = None
 ) -> dict[str, Any]:
-    """peft configs of a trial's adapters, by sub-directory of a saved model ('' = the top).
+    """peft configs of a trial's adapters, by sub-directory of a saved model ('' = the top):
+    see :func:`arrange`."""
+    return arrange(
+        {
+            a.name: c
+            for a in used(params)
+            if (c := a.peft_config(params, task_type, model_config)) is not None
+        }
+    )
+
+
+def arrange(configs: dict[str, Any]) -> dict[str, Any]:
+    """Adapters' peft configs (by adapter name) as one peft model holds them, by
+    sub-directory of a saved model ('' = the top).
 
     One adapter with a peft config: it is the top. Several: the ``outer`` one (the soft
     prompt: peft's prompt learning wraps the model) is the top and each other goes in beneath
@@ -108,11 +121,6 @@ def peft_configs(
     Raises:
         ValueError: several adapters with peft configs and none of them outer.
     """
-    configs = {
-        a.name: c
-        for a in used(params)
-        if (c := a.peft_config(params, task_type, model_config)) is not None
-    }
     if len(configs) <= 1:
         return {"": next(iter(configs.values()))} if configs else {}
     outer = [n for n in configs if ADAPTERS[n].outer]
@@ -136,6 +144,7 @@ register(Head())
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "arrange",
     "Head",
     "LoRA",
     "SoftPrompt",

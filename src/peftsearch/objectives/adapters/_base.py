@@ -94,6 +94,16 @@ class Adapter:
         """peft's config of this adapter for a trial (None: peft has none for it)."""
         return None
 
+    def slot_config(self, slot: Any, task_type: Any, model_config: Any) -> Any:
+        """peft's config of an engine slot's trained adapter (``search train`` of a verbalizer
+        head saves the engine's result as peft adapters); default: :meth:`peft_config`."""
+        return self.peft_config(slot.params, task_type, model_config)
+
+    def load_slot(self, model: Any, slot: Any) -> None:
+        """Copy an engine slot's trained tensors into ``model``, a peft model built with
+        :meth:`slot_config` (and the other adapters' configs)."""
+        raise NotImplementedError(f"adapter {self.name!r} cannot save an engine slot")
+
     def unfreeze(self, model: Any, params: dict[str, Any]) -> None:
         """An adapter without a peft config: make its parameters of the plain ``model``
         trainable (called after the peft configs are applied)."""

@@ -138,6 +138,23 @@ class LoRA(Adapter):
             target_modules=params["target_modules"],
         )
 
+    def slot_config(self, slot: Any, task_type: Any, model_config: Any) -> Any:
+        import dataclasses
+
+        config = self.peft_config(slot.params, task_type, model_config)
+        # The exact layers the engine trained.
+        return dataclasses.replace(config, target_modules=sorted(slot.lora))
+
+    def load_slot(self, model: Any, slot: Any) -> None:
+        import torch
+
+        layers = model.get_base_model()  # the transformers model with LoRA layers in it
+        with torch.no_grad():
+            for name, (a, b) in slot.lora.items():
+                layer = layers.get_submodule(name)
+                layer.lora_A["default"].weight.copy_(a)
+                layer.lora_B["default"].weight.copy_(b)
+
     def owns(self, parameter_name: str) -> bool:
         return "lora_" in parameter_name
 

@@ -117,5 +117,11 @@ class SoftPrompt(Adapter):
             return PromptTuningConfig(task_type=task_type, num_virtual_tokens=k)
         return prompt_config(model_config, task_type, k)
 
+    def load_slot(self, model: Any, slot: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            model.prompt_encoder["default"].embedding.weight.copy_(slot.tensors["prompt"])
+
     def owns(self, parameter_name: str) -> bool:
         return "prompt_encoder" in parameter_name
