@@ -19,6 +19,7 @@ class BitFit(Adapter):
     label = "BitFit biases"
     rate_param = "bitfit_learning_rate"
     size_param = "bitfit"
+    short = "bitfit"
     rules = {
         "bitfit": Rule("int", 0, low=0, high=1, help="train the linear layers' biases (1)"),
         "bitfit_learning_rate": Rule(

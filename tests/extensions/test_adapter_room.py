@@ -47,6 +47,11 @@ def test_registering_adds_the_parameters_and_refuses_a_second_one(bitfit) -> Non
     defaults = {n: r.default for n, r in RULES.items()}
     assert adapters.kind_of({**defaults, "bitfit": 1, "lora_r": 0}) == "bitfit"
     assert adapters.kind_of({**defaults, "bitfit": 1, "prompt_length": 2}) == "bitfit+lora+prompt"
+    # The line printed per trial names its size and its own rate.
+    from peftsearch.searcher.lines import _summary
+
+    line = _summary({**defaults, "template": "t", "bitfit": 1, "bitfit_learning_rate": 0.05})
+    assert line == "t | prompt 0 | r 8 | bitfit 1 | lr lora 1.00e-03, bitfit 5.00e-02"
 
 
 def test_a_toy_adapter_is_searched_pruned_reported_exported_and_trained(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
+from peftsearch.objectives import adapters
 from peftsearch.searcher.sigint import INTERRUPTED
 
 
@@ -43,26 +44,28 @@ class _Silent:
 
 
 def _summary(params: dict[str, Any]) -> str:
-    def rate(name: str) -> str:
-        value = params.get(name)
+    """``template [x verbalizer] | prompt K | r R | lr ...``: each adapter's size
+    (:attr:`Adapter.size_param`, named by its :attr:`Adapter.short`) and the rate of each part
+    the trial trains (the head's when it has its own, or when nothing else trains)."""
+
+    def rate(name: str | None) -> str:
+        value = params.get(name) if name else None
         if value is None and name != "learning_rate":
             value = params.get("learning_rate")  # unset: the part follows learning_rate
         return f"{value:.2e}" if isinstance(value, int | float) else str(value)
 
-    lrs = []
-    if params.get("lora_r"):
-        lrs.append(f"lora {rate('learning_rate')}")
-    if params.get("prompt_length"):
-        lrs.append(f"prompt {rate('prompt_learning_rate')}")
-    if params.get("head_learning_rate") is not None or not lrs:
-        lrs.append(f"head {rate('head_learning_rate')}")
-    if all(params.get(n) is None for n in ("head_learning_rate", "prompt_learning_rate")):
+    lrs: list[str] = []
+    for a in adapters.ADAPTERS.values():
+        own = a.rate_param not in (None, "learning_rate") and params.get(a.rate_param) is not None
+        if (a.in_kind and a.used(params)) or (not a.in_kind and (own or not lrs)):
+            lrs.append(f"{a.name} {rate(a.rate_param)}")
+    own_rates = [a.rate_param for a in adapters.ADAPTERS.values() if a.rate_param]
+    if all(params.get(n) is None for n in own_rates if n != "learning_rate"):
         lrs = [rate("learning_rate")]  # one rate for every part (spaces before issue 11)
     verbalizer = f" x {params['verbalizer']}" if params.get("verbalizer") else ""
-    return (
-        f"{params.get('template')}{verbalizer} | prompt {params.get('prompt_length')} | "
-        f"r {params.get('lora_r')} | lr {', '.join(lrs)}"
-    )
+    sizes = {a.size_param: a.short or a.name for a in adapters.ADAPTERS.values() if a.size_param}
+    shown = [f"{sizes[n]} {params.get(n)}" for n in adapters.size_params()]
+    return f"{params.get('template')}{verbalizer} | {' | '.join(shown)} | lr {', '.join(lrs)}"
 
 
 def finished_line(trial: Any, metric: str) -> str:

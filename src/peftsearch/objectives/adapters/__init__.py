@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from peftsearch.objectives.adapters._base import Adapter
+from peftsearch.objectives.adapters.head import Head
+from peftsearch.objectives.adapters.lora import LoRA
+from peftsearch.objectives.adapters.prompt import SoftPrompt
 from peftsearch.spaces import register_params
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -132,11 +135,7 @@ def arrange(configs: dict[str, Any]) -> dict[str, Any]:
     return {("" if n == outer[0] else n): c for n, c in configs.items()}
 
 
-from peftsearch.objectives.adapters.head import Head  # noqa: E402
-from peftsearch.objectives.adapters.lora import LoRA  # noqa: E402
-from peftsearch.objectives.adapters.prompt import SoftPrompt  # noqa: E402
-
-# The built-in kinds. A new one: its module, and one line here.
+# The built-in kinds. A new one: its module, its import above and one line here.
 register(LoRA())
 register(SoftPrompt())
 register(Head())

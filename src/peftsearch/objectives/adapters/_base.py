@@ -39,6 +39,7 @@ class Adapter:
         rate_param: the parameter holding its own peak learning rate; None or a null value
             falls back to ``learning_rate``.
         size_param: the parameter that says how big it is (shown in report tables), if any.
+        short: how the line printed per trial names that size (``r 4``; default: the name).
         in_kind: whether it names a trial's kind (the head is in every classifier: not).
         outer: its peft config wraps the model (prompt learning); the others are injected
             beneath it and saved in a sub-directory named after them.
@@ -50,6 +51,7 @@ class Adapter:
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     rate_param: ClassVar[str | None] = None
     size_param: ClassVar[str | None] = None
+    short: ClassVar[str] = ""
     in_kind: ClassVar[bool] = True
     outer: ClassVar[bool] = False
 

@@ -33,6 +33,7 @@ class LoRA(Adapter):
     name = "lora"
     label = "LoRA"
     rate_param = "learning_rate"
+    short = "r"
     size_param = "lora_r"
     rules = {
         "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA", order=4),

@@ -20,6 +20,7 @@ class SoftPrompt(Adapter):
     name = "prompt"
     label = "soft prompt"
     rate_param = "prompt_learning_rate"
+    short = "prompt"
     size_param = "prompt_length"
     outer = True  # peft's prompt learning wraps the model; LoRA goes in beneath it
     rules = {

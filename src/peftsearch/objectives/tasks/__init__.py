@@ -8,6 +8,8 @@ call; ``docs/ARCHITECTURE.md`` has the checklist.
 from __future__ import annotations
 
 from peftsearch.objectives.tasks._base import Task
+from peftsearch.objectives.tasks.classify import Classify
+from peftsearch.objectives.tasks.verbalize import Verbalize
 from peftsearch.spaces import register_params, register_task
 
 TASKS: dict[str, Task] = {}
@@ -45,10 +47,7 @@ def for_lm_kind(lm_kind: str | None) -> Task:
     return TASKS["classify" if lm_kind is None else "verbalize"]
 
 
-from peftsearch.objectives.tasks.classify import Classify  # noqa: E402
-from peftsearch.objectives.tasks.verbalize import Verbalize  # noqa: E402
-
-# The built-in kinds. A new one: its module, and one line here.
+# The built-in kinds. A new one: its module, its import above and one line here.
 register(Classify())
 register(Verbalize())
 
