@@ -184,13 +184,12 @@ def _read_config(config: Path, epochs: int | None, to: Path | None) -> _Job:
 
 def _inference_info(job: _Job) -> dict[str, Any]:
     """``inference.json`` (what prediction needs), before the head adds its own."""
-    from peftsearch.objectives.adapters import kind_of
 
     space = job.space
     labels = list(space.data.labels)
     return {
         "format": FORMAT,
-        "kind": kind_of(job.params),
+        "kind": job.params.kind,
         "head": space.model.head,
         "base_model": space.model.path,
         "dtype": space.model.dtype,

@@ -5,9 +5,8 @@ train``'s fixed config, a stored trial read back by the report); the engine, pro
 training, export, confirm and the report read it. It is a mapping of every registered
 parameter to its concrete value (what is stored on the study as the ``params`` user attribute,
 so it is a ``dict`` subclass: JSON and pickling see a plain dict), with the derived views a trial
-needs as properties: its adapters and kind, each part's learning rate, its training settings.
-It cannot be changed after it is built: a different configuration is a new one
-(:meth:`TrialConfig.replace`).
+needs as properties (its kind). It cannot be changed after it is built: a different
+configuration is a new one.
 """
 
 from __future__ import annotations
@@ -41,41 +40,15 @@ class TrialConfig(dict[str, Any]):
             out["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
         return cls(out)
 
-    def replace(self, **changes: Any) -> TrialConfig:
-        """A new configuration: this one with ``changes``."""
-        return TrialConfig({**self, **changes})
-
-    # -- what a trial is ------------------------------------------------------------------------
-
-    @property
-    def template(self) -> str:
-        return str(self["template"])
-
-    @property
-    def adapters(self) -> tuple[str, ...]:
-        """The adapters it trains, in registry order."""
-        return tuple(a.name for a in adapters.used(self))
-
     @property
     def kind(self) -> str:
         """``head``, ``lora``, ``prompt``, ``lora+prompt``, ... (see ``adapters.kind_of``)."""
         return adapters.kind_of(self)
 
-    @property
-    def rates(self) -> dict[str, float]:
-        """Each part's (adapter's) peak learning rate."""
-        return adapters.rates(self)
-
-    def train_config(self, seed: int) -> Any:
-        """Its training settings with ``seed`` (a :class:`~.train.TrainConfig`)."""
-        from peftsearch.objectives.train import TrainConfig
-
-        return TrainConfig.from_params(self, seed)
-
     # -- frozen ---------------------------------------------------------------------------------
 
     def _frozen(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("a TrialConfig is frozen; build another with .replace(name=value)")
+        raise TypeError("a TrialConfig is frozen; build another with TrialConfig.from_values")
 
     __setitem__ = __delitem__ = _frozen  # type: ignore[assignment]
     clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]

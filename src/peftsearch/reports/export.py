@@ -39,7 +39,7 @@ import yaml
 
 from peftsearch import __version__
 from peftsearch.errors import UserError
-from peftsearch.objectives import adapters
+from peftsearch.objectives.trial import TrialConfig
 from peftsearch.reports.export_readme import OPTIMIZER_SNIPPET, _readme, neighbours
 from peftsearch.reports.export_settings import (
     optimizer_groups,
@@ -54,19 +54,12 @@ __all__ = [
     "OPTIMIZER_SNIPPET",
     "export_trial",
     "front_trials",
-    "kind_of",
     "neighbours",
     "optimizer_groups",
     "peft_configs",
     "trial_params",
     "training_args",
 ]
-
-
-def kind_of(params: dict[str, Any]) -> str:
-    """A trial's kind: its adapters joined by ``+`` (``lora``, ``prompt``, ``lora+prompt``),
-    or ``head`` (a linear probe, or the zero-shot LM)."""
-    return adapters.kind_of(params)
 
 
 def _find_trial(study: Any, number: int) -> Any:
@@ -172,7 +165,7 @@ def _lm_kind(space: dict[str, Any], template: Any) -> str | None:
 def _provenance(
     study: Any,
     trial: Any,
-    params: dict[str, Any],
+    params: TrialConfig,
     template: Any,
     metric: str,
     data_attr: dict[str, Any],
@@ -187,7 +180,7 @@ def _provenance(
         "trainable_params": int(trial.values[1]),
         "trainable_pct": trial.user_attrs.get("trainable_pct"),
         "base_params": study.user_attrs.get("base_params"),
-        "kind": kind_of(params),
+        "kind": params.kind,
         "params": dict(params),
         "template_text": template_text(template),
         "data": data_attr,
