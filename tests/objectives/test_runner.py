@@ -151,14 +151,14 @@ def test_template_matters(runner: TrialRunner) -> None:
 
 def test_tokenized_data_is_cached(space_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = runner_mod.encode
+    r = TrialRunner(load_space(space_file))
+    real = r.task.encode
 
     def counting(df, *args, **kwargs):
         calls.append(len(df))
         return real(df, *args, **kwargs)
 
-    monkeypatch.setattr(runner_mod, "encode", counting)
-    r = TrialRunner(load_space(space_file))
+    monkeypatch.setattr(r.task, "encode", counting)  # the space's task encodes the rows
     r.setup()
     first = r.encoded("plain")
     assert calls == [TRAIN_ROWS, EVAL_ROWS]  # train and eval, once

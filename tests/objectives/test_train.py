@@ -49,7 +49,7 @@ def data(loaded):
         texts.append(" ".join(words))
         labels.append(int(pos))
     df = pd.DataFrame({"text": texts, "label": labels})
-    return encode(df, "{text}", loaded[1], 32, ["text"])
+    return encode(df, "{text}", loaded[1], 32, ["text"], targets=torch.tensor(labels))
 
 
 class NaNLossFrom(torch.nn.Module):

@@ -115,8 +115,8 @@ def test_every_complete_trial_is_a_point_with_its_dominated_flag() -> None:
     assert [p.dominated for p in info.points] == [False, False, True, False, True]
     assert [(p.metric, p.params, p.template) for p in info.points] == POINTS
     b = info.points[1]
-    assert b.pct == 5.0 and b.lora_r == 4 and b.learning_rate == 1e-3
-    assert b.prompt_length == 0  # a fixed parameter, from the study's fixed_params
+    assert b.pct == 5.0 and b.sizes["lora_r"] == 4 and b.learning_rate == 1e-3
+    assert b.sizes["prompt_length"] == 0  # a fixed parameter, from the study's fixed_params
     expected = {
         "template": "review",
         "lora_r": 4,
@@ -427,7 +427,11 @@ def test_stopped_trials_carry_the_rung_that_stopped_them() -> None:
     info = figures.pruning_info(_halving_study())
     assert [s.trial for s in info.stopped] == [1, 3]  # not the repeat 5 nor the failed 6
     one, three = info.stopped
-    assert (one.template, one.lora_r, one.prompt_length, one.params) == ("review", 4, 0, 5_000)
+    assert (one.template, one.sizes, one.params) == (
+        "review",
+        {"prompt_length": 0, "lora_r": 4},
+        5_000,
+    )
     assert (one.rung, one.step, one.of, one.metric, one.peers) == (0, 25, 100, 0.3, 1)
     assert (three.template, three.rung, three.step, three.of) == ("nli", 1, 60, 80)
     assert (three.metric, three.peers) == (0.62, 2)

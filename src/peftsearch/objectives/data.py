@@ -1,9 +1,11 @@
-"""Data for trials: load, clean, split (fixed-seed, stratified, recorded), subsample, tokenize.
+"""Data for trials: load, clean, split (fixed-seed, recorded), subsample, tokenize.
 
 Loading goes through ``datasets`` (packaged csv/json/parquet builders work offline; a hub name
-works online). Cleaning runs in pandas. Splits use ``Dataset.train_test_split`` with
-``stratify_by_column``. Every split row keeps ``row``, its position in the cleaned table, so the
-split can be written down (``splits.json``) and checked later: the search never sees test rows.
+works online). Cleaning runs in pandas. What a row's answer is belongs to the space's task
+(:mod:`peftsearch.objectives.tasks`): it cleans the answer column, splits (a label task keeps
+the class proportions) and gives the targets a trial trains on. Every split row keeps ``row``,
+its position in the cleaned table, so the split can be written down (``splits.json``) and
+checked later: the search never sees test rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import datasets
 import pandas as pd
 
 from peftsearch.errors import SpaceError
+from peftsearch.objectives import tasks
+from peftsearch.objectives.tasks import Task
 from peftsearch.spaces import DataSpec, Space, render
 
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -33,7 +37,8 @@ def file_format(path: str) -> str | None:
 
 @dataclass
 class Splits:
-    """Cleaned splits (pandas, columns: the text columns, ``label`` as class id, ``row``)."""
+    """Cleaned splits (pandas, columns: the text columns, the task's answer (``label``, a
+    class id, for the label tasks), ``row``)."""
 
     train: pd.DataFrame
     validation: pd.DataFrame
@@ -97,10 +102,14 @@ def _offline(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError) or "offline" in text or "connect" in text
 
 
-def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFrame:
-    missing = [c for c in [*spec.text_columns, spec.label_column] if c not in df.columns]
+def _clean(df: pd.DataFrame, space: Space, task: Task, split: str) -> pd.DataFrame:
+    """``df`` with empty texts dropped and its answer cleaned by ``task``; ``row`` numbers
+    the rows kept."""
+    spec, file = space.data, str(space.file)
+    answers = task.target_columns(spec)
+    missing = [c for c in [*spec.text_columns, *answers] if c not in df.columns]
     if missing:
-        key = "data.label_column" if missing[0] == spec.label_column else "data.text_columns"
+        key = answers.get(missing[0], "data.text_columns")
         raise SpaceError(
             file,
             key,
@@ -113,7 +122,7 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
         key = f"data.files.{split}" if spec.files is not None else "data.path"
         raise SpaceError(file, key, f"the {split} data has no rows", source)
     read = len(df)
-    df = df[[*spec.text_columns, spec.label_column]].dropna(subset=spec.text_columns)
+    df = df[[*spec.text_columns, *answers]].dropna(subset=spec.text_columns)
     blank = df[spec.text_columns].astype(str).apply(lambda col: col.str.strip() == "").any(axis=1)
     df = df[~blank]  # empty or whitespace-only texts (csv reads "" as missing; jsonl does not)
     if df.empty:
@@ -123,45 +132,10 @@ def _clean(df: pd.DataFrame, spec: DataSpec, file: str, split: str) -> pd.DataFr
             f"the {split} split is empty after filtering: all {read} rows have an empty text",
             list(spec.text_columns),
         )
-    raw = df[spec.label_column]
-    if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_integer_dtype(raw):
-        ids = raw.astype("int64").where(raw.astype("int64").between(0, len(spec.labels) - 1))
-    else:
-        ids = raw.astype(str).map({name: i for i, name in enumerate(spec.labels)})
-    unlisted = ids.isna()
-    if unlisted.any():
-        if not spec.drop_unlisted_labels:
-            values = sorted(map(str, raw[unlisted].unique()))[:5]
-            raise SpaceError(
-                file,
-                "data.labels",
-                f"{int(unlisted.sum())} {split} rows have labels not among the declared labels "
-                f"{spec.labels}: {', '.join(values)}; list them or set drop_unlisted_labels: true",
-            )
-        if unlisted.all():
-            values = sorted(map(str, raw.unique()))[:5]
-            raise SpaceError(
-                file,
-                "data.labels",
-                f"the {split} split is empty after filtering: drop_unlisted_labels dropped all "
-                f"{len(df)} rows, whose labels ({', '.join(values)}) are not declared",
-                list(spec.labels),
-            )
-        df, ids = df[~unlisted], ids[~unlisted]
-    df = df.drop(columns=[spec.label_column]).assign(label=ids.astype("int64"))
+    df = task.clean(df, spec, file, split)
     if spec.drop_duplicates:
         df = df.drop_duplicates(subset=spec.text_columns, keep="first")
     return df.reset_index(drop=True).assign(row=lambda d: range(len(d)))
-
-
-def _stratified(
-    df: pd.DataFrame, size: float | int, seed: int, names: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``df`` into (rest, part of ``size``) with class proportions kept."""
-    ds = datasets.Dataset.from_pandas(df, preserve_index=False)
-    ds = ds.cast_column("label", datasets.ClassLabel(names=names))
-    parts = ds.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
-    return parts["train"].to_pandas(), parts["test"].to_pandas()
 
 
 def _sha256(path: str) -> str | None:
@@ -178,28 +152,29 @@ def _sha256(path: str) -> str | None:
 def load_splits(space: Space) -> Splits:
     """Load, clean and split the data of ``space``; raise SpaceError on bad data."""
     spec, file = space.data, str(space.file)
+    task = tasks.get(space.task_name)
     raw = _load_raw(spec, file)
     if "train" not in raw:
         raise SpaceError(file, "data", f"the data has no train split (splits: {', '.join(raw)})")
-    clean = {name: _clean(df, spec, file, name) for name, df in raw.items()}
-    seed, names = spec.split.seed, list(spec.labels)
+    clean = {name: _clean(df, space, task, name) for name, df in raw.items()}
+    seed = spec.split.seed
     made: list[str] = []
     train = clean["train"]
     try:
         if "test" not in clean:
-            train, clean["test"] = _stratified(train, spec.split.test, seed, names)
+            train, clean["test"] = task.split(train, spec.split.test, seed, spec)
             made.append("test")
         if "validation" not in clean:
             frac = spec.split.validation / (1 - spec.split.test) if made else spec.split.validation
-            train, clean["validation"] = _stratified(train, frac, seed, names)
+            train, clean["validation"] = task.split(train, frac, seed, spec)
             made.append("validation")
     except ValueError as exc:  # too few rows of a class to stratify
-        raise SpaceError(file, "data.split", f"cannot make a stratified split: {exc}") from None
+        raise SpaceError(file, "data.split", str(exc)) from None
     trial_train, trial_eval = train, clean["validation"]
     if spec.train_size is not None and spec.train_size < len(train):
-        _, trial_train = _stratified(train, spec.train_size, seed, names)
+        _, trial_train = task.split(train, spec.train_size, seed, spec)
     if spec.eval_size is not None and spec.eval_size < len(trial_eval):
-        _, trial_eval = _stratified(trial_eval, spec.eval_size, seed, names)
+        _, trial_eval = task.split(trial_eval, spec.eval_size, seed, spec)
     for name, df in (
         ("train", train),
         ("validation", clean["validation"]),
@@ -213,7 +188,7 @@ def load_splits(space: Space) -> Splits:
         "sha256": _sha256(str(source)),
         "made_by_split": made,
         "split": spec.split.model_dump(),
-        "labels": names,
+        **task.record(spec),
         "rows": {
             "train": train["row"].tolist(),
             "validation": clean["validation"]["row"].tolist(),
@@ -236,12 +211,12 @@ class Encoded:
     input_ids: Any  # LongTensor [N, T]
     attention_mask: Any  # LongTensor [N, T]
     token_type_ids: Any | None
-    labels: Any  # LongTensor [N]
+    labels: Any  # the task's targets (class ids, LongTensor [N]); None: rows to predict
     lengths: Any  # LongTensor [N]
     positions: Any | None = None  # LongTensor [N]: the {mask} token's column (masked LMs)
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.input_ids.shape[0])
 
 
 class TemplateTooLong(ValueError):
@@ -261,6 +236,7 @@ def encode(
     mask: bool = False,
     truncation: str = "tail",
     demos: str = "",
+    targets: Any = None,
 ) -> Encoded:
     """Render ``template`` on every row and tokenize, at most ``max_length`` tokens a row.
 
@@ -269,13 +245,12 @@ def encode(
     the template's own words or its ``{mask}``, so every row keeps the template. With
     ``mask``, ``{mask}`` becomes the tokenizer's mask token and ``positions`` records where
     it landed in each row. ``demos``: what the ``{demos}`` slot holds (the same for every row).
+    ``targets``: the rows' answers as the task's loss reads them (``Task.encode`` passes them).
 
     Raises:
         TemplateTooLong: the template's own words alone exceed ``max_length``.
         MaskCutOff: the mask token is missing from a row (a tokenizer that splits it).
     """
-    import torch
-
     rows = df[text_columns].to_dict("records")
     extra = {"demos": demos, **({"mask": tokenizer.mask_token} if mask else {})}
     rows = [{**r, **extra} for r in rows]
@@ -305,7 +280,7 @@ def encode(
         input_ids=enc["input_ids"],
         attention_mask=attention,
         token_type_ids=enc.get("token_type_ids"),
-        labels=torch.tensor(df["label"].to_numpy(), dtype=torch.long),
+        labels=targets,
         lengths=attention.sum(1),
         positions=positions,
     )
@@ -375,36 +350,3 @@ def _mask_positions(input_ids: Any, tokenizer: Any, max_length: int) -> Any:
             f"(model.max_length {max_length}); does the tokenizer split its mask token?"
         )
     return hits.int().argmax(1)
-
-
-def label_token_ids(
-    tokenizer: Any, labels: list[str], words: dict[str, list[str]], file: str, key: str
-) -> list[list[int]]:
-    """Each label's words as the first token id of each word (``PackedEngine._verbalize`` says
-    why the first token), in the order of ``labels``.
-
-    Raises:
-        SpaceError: a word with no tokens, or words of two labels that start with the same
-            token (their scores could not differ); ``key`` names the verbalizer.
-    """
-    out: list[list[int]] = []
-    first_of: dict[int, tuple[str, str]] = {}
-    for label in labels:
-        ids = []
-        for word in words[label]:
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if not pieces:
-                raise SpaceError(file, f"{key}.{label}", "no tokens", word)
-            other = first_of.get(pieces[0])
-            if other is not None and other[0] != label:
-                raise SpaceError(
-                    file,
-                    key,
-                    f"{other[1]!r} ({other[0]}) and {word!r} ({label}) start with the same "
-                    f"token {tokenizer.convert_ids_to_tokens(pieces[0])!r}; a word is scored by "
-                    "its first token, so pick words that start differently",
-                )
-            first_of[pieces[0]] = (label, word)
-            ids.append(pieces[0])
-        out.append(ids)
-    return out

@@ -1,6 +1,7 @@
 """Few-shot demonstrations in the prompt (LM-BFF, Gao et al. 2021): a template's ``{demos}``
-slot holds ``n_demos`` labelled train rows per class, each worded by the same template with
-its answer filled in, before the row's own text.
+slot holds ``n_demos`` train rows (per class, for the label tasks), each worded by the same
+template with its answer filled in, before the row's own text. Which rows and what answer
+are the task's (``Task.demo_rows``, ``Task.demo_answer``); the wording is here.
 
 The demonstrations are drawn once, with the study's seed, from the train split only (never
 the validation or test rows), and are the same for every row: the token cache stays one
@@ -12,29 +13,15 @@ demonstration is not also trained on (:func:`without`): its prompt would hold it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from peftsearch.spaces import render
 
 SLOT = "demos"
 SEPARATOR = "\n\n"  # between demonstrations, and between the last one and the row
-
-
-def pick(train: pd.DataFrame, k: int, seed: int, n_labels: int) -> pd.DataFrame:
-    """``k`` rows of each class from ``train`` (fewer when a class has fewer), drawn with
-    ``seed``, in a shuffled order so that no class is always last."""
-    if k <= 0:
-        return train.iloc[:0]
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for label in range(n_labels):
-        where = np.flatnonzero(train["label"].to_numpy() == label)
-        chosen.extend(rng.choice(where, size=min(k, len(where)), replace=False).tolist())
-    order = rng.permutation(len(chosen))
-    return train.iloc[[chosen[i] for i in order]]
 
 
 def without(train: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
@@ -45,27 +32,17 @@ def without(train: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
     return train[~train["row"].isin(rows)]
 
 
-def answers(space: Any, verbalizer: str | None, template: str) -> list[str]:
-    """What follows each class's demonstration: the verbalizer's first label word (the word
-    the model is trained to predict), or with a classifier head the label's name."""
-    labels = list(space.data.labels)
-    if space.lm_kind is not None and verbalizer is not None:
-        words = space.words(verbalizer, template)
-        return [words[label][0] for label in labels]
-    return [f" {label}" for label in labels]
-
-
 def text(
     template: Any,
     rows: pd.DataFrame,
     text_columns: list[str],
-    answer: list[str],
+    answer: Callable[[dict[str, Any]], str],
     tokenizer: Any,
     max_length: int,
     masked: bool,
 ) -> str:
     """The ``{demos}`` text: each row worded by ``template`` (its ``{demos}`` slot empty)
-    with its class's answer at the prediction point (in ``{mask}`` for a masked LM, after
+    with its ``answer`` at the prediction point (in ``{mask}`` for a masked LM, after
     the template's end otherwise), each followed by :data:`SEPARATOR`. Each row's text is
     first cut to an equal share of ``max_length`` (``max_length // (len(rows) + 1)``
     tokens), so that one long row cannot take the room of the others and the row itself."""
@@ -81,7 +58,7 @@ def text(
                 "offset_mapping"
             ]
             values[column] = value[: offsets[share - 1][1]] if len(offsets) > share else value
-        word = answer[int(row["label"])]
+        word = answer(row)
         if masked:
             values["mask"] = word.strip()
             worded = render(template, values)
@@ -98,19 +75,20 @@ def for_params(
     a template without the slot) and the ``row`` numbers of the train rows it shows. The
     search's trials, ``search confirm`` and ``search train`` all draw them here, from the
     whole train split with the study's seed, so they show the same demonstrations."""
+    from peftsearch.objectives import tasks
     from peftsearch.spaces import DEMOS, has_slot
 
     template = space.templates[params["template"]]
     k = int(params.get("n_demos") or 0)
     if not k or not has_slot(template, DEMOS):
         return "", []
-    verbalizer = params.get("verbalizer") if space.lm_kind is not None else None
-    rows = pick(train, k, space.study.seed, len(space.data.labels))
+    task = tasks.get(space.task_name)
+    rows = task.demo_rows(train, k, space.study.seed, space.data)
     worded = text(
         template,
         rows,
         list(space.data.text_columns),
-        answers(space, verbalizer, params["template"]),
+        task.demo_answer(space, params),
         tokenizer,
         space.model.max_length,
         space.lm_kind == "masked",

@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from peftsearch.errors import TrialFailed, UserError
-from peftsearch.objectives import saving
+from peftsearch.objectives import saving, tasks
 from peftsearch.objectives.checkpoint import DEFAULT_EVERY, Checkpoint
 from peftsearch.objectives.load import load_model, predict_texts
-from peftsearch.objectives.production_heads import Trained, train_classifier, train_verbalizer
+from peftsearch.objectives.production_heads import Trained
 from peftsearch.objectives.saving import load_py
 from peftsearch.objectives.trial import TrialConfig
 
@@ -164,7 +164,7 @@ def _read_config(config: Path, epochs: int | None, to: Path | None) -> _Job:
     Raises:
         UserError: any of these fails.
     """
-    from peftsearch.objectives.metrics import check_metric, load_metric
+    from peftsearch.objectives.metrics import load_metric
     from peftsearch.spaces import load_space
 
     config = Path(config).expanduser().resolve()
@@ -176,9 +176,8 @@ def _read_config(config: Path, epochs: int | None, to: Path | None) -> _Job:
     if target.exists():
         raise UserError(f"{target} already exists; remove it or choose another --to")
     template = space.templates[params["template"]]
-    objectives = space.objectives
-    metric = load_metric(objectives.metric, file)
-    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
+    metric = load_metric(space.objectives.metric, file)
+    tasks.get(space.task_name).check_metric(metric, space, file)
     return _Job(config, space, params, target, template, metric)
 
 
@@ -232,9 +231,8 @@ def _train(
     space, params = job.space, job.params
     progress = None if quiet else TrainProgress()
     try:
-        if space.lm_kind is None:
-            return train_classifier(space, params, splits, device, progress, info, probe, ck)
-        return train_verbalizer(space, params, splits, device, progress, info, probe, ck)
+        task = tasks.get(space.task_name)
+        return task.train(space, params, splits, device, progress, info, probe, ck)
     except TrialFailed as exc:  # a non-finite loss, out of memory
         raise UserError(f"{job.config}: training failed: {exc}") from None
     finally:
@@ -246,13 +244,13 @@ def _summary(job: _Job, splits: Any, trained: Trained, info: dict[str, Any]) -> 
     """What ``search train`` reports: the validation and test scores, sizes, steps, time."""
     from peftsearch.objectives.metrics import score
 
-    objectives = job.space.objectives
+    objectives, task = job.space.objectives, tasks.get(job.space.task_name)
     scores = {
         split: score(
             job.metric,
             objectives.metric,
             preds,
-            getattr(splits, split)["label"].tolist(),
+            task.references(getattr(splits, split)),
             **objectives.metric_kwargs,
         )
         for split, preds in trained.predictions.items()

@@ -32,41 +32,34 @@ class Trained:
 
 @dataclass
 class _Inputs:
-    """How a configuration's rows are encoded: template, tokenizer and columns, ``{mask}``,
-    and ``encode``'s keyword arguments (truncation side, ``{demos}`` text)."""
+    """How a configuration's rows are encoded: by the space's task, under its template, with
+    the ``{demos}`` text drawn for it."""
 
+    space: Any
     template: Any
-    cols: tuple[Any, int, list[str]]  # tokenizer, max_length, text columns
-    masked: bool
-    how: dict[str, Any]
+    tokenizer: Any
+    demos: str
 
     def encode(self, df: Any) -> Any:
-        from peftsearch.objectives.data import encode
+        from peftsearch.objectives import tasks
 
-        return encode(df, self.template, *self.cols, mask=self.masked, **self.how)
+        task = tasks.get(self.space.task_name)
+        return task.encode(df, self.template, self.tokenizer, self.space, self.demos)
 
 
 def _inputs(
-    space: Any,
-    params: dict[str, Any],
-    splits: Any,
-    tokenizer: Any,
-    info: dict[str, Any],
-    masked: bool = False,
+    space: Any, params: dict[str, Any], splits: Any, tokenizer: Any, info: dict[str, Any]
 ) -> _Inputs:
-    """This configuration's :class:`_Inputs`. The truncation side and the ``{demos}`` text,
-    drawn as the search's trials draw it, go into ``info`` (``inference.json``), so a saved
-    model predicts on the layout it was trained on."""
+    """This configuration's :class:`_Inputs`. The ``{demos}`` text, drawn as the search's
+    trials draw it, goes into ``info`` (``inference.json``), so a saved model predicts on
+    the layout it was trained on."""
     from peftsearch.objectives import demos
 
     text, rows = demos.for_params(space, params, splits.train, tokenizer)
     info["demos"] = text
     if rows:
         info["demo_rows"] = rows
-    how = {"truncation": space.data.truncation, "demos": text}
-    template = space.templates[params["template"]]
-    cols = (tokenizer, space.model.max_length, space.data.text_columns)
-    return _Inputs(template, cols, masked, how)
+    return _Inputs(space, space.templates[params["template"]], tokenizer, text)
 
 
 def _trained_rows(splits: Any, info: dict[str, Any]) -> Any:
@@ -235,13 +228,14 @@ def _verbalizer_data(
         SpaceError: a verbalizer's words that cannot be scored, or a template too long.
     """
     from peftsearch.errors import SpaceError
-    from peftsearch.objectives.data import TemplateTooLong, label_token_ids
+    from peftsearch.objectives.data import TemplateTooLong
+    from peftsearch.objectives.tasks.verbalize import label_token_ids
 
     file, name = str(space.file), params["verbalizer"]
     words = label_token_ids(
         tokenizer, space.data.labels, space.verbalizers[name], file, f"verbalizers.{name}"
     )
-    inputs = _inputs(space, params, splits, tokenizer, info, space.lm_kind == "masked")
+    inputs = _inputs(space, params, splits, tokenizer, info)
     try:
         data = {split: inputs.encode(getattr(splits, split)) for split in ("validation", "test")}
         data["train"] = inputs.encode(_trained_rows(splits, info))

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftsearch.errors import SpaceError
-from peftsearch.objectives.data import (
-    Encoded,
-    Splits,
-    TemplateTooLong,
-    encode,
-    label_token_ids,
-    load_splits,
-)
-from peftsearch.objectives.metrics import check_metric, load_metric, score
+from peftsearch.objectives import tasks
+from peftsearch.objectives.data import Encoded, Splits, TemplateTooLong, load_splits
+from peftsearch.objectives.metrics import load_metric, score
 from peftsearch.objectives.model import count_params, load_base, pick_device
 from peftsearch.spaces import DEMOS, Space, has_slot, template_text
 
@@ -72,6 +66,7 @@ class TrialRunner:
         if budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         self.space = space
+        self.task = tasks.get(space.task_name)
         self.budget = budget
         self._test: dict[tuple[str, str], Encoded] = {}
         self._splits: Splits | None = None
@@ -106,15 +101,9 @@ class TrialRunner:
         )
         self._base.to(self._device)
         self._base.requires_grad_(False)
-        objectives, file = self.space.objectives, str(self.space.file)
-        self._metric = load_metric(objectives.metric, file)
-        check_metric(
-            self._metric,
-            objectives.metric,
-            objectives.metric_kwargs,
-            len(self.space.data.labels),
-            file,
-        )
+        file = str(self.space.file)
+        self._metric = load_metric(self.space.objectives.metric, file)
+        self.task.check_metric(self._metric, self.space, file)
         self._versions = versions()
         self.base_params = count_params(self._base, trainable=False)
         del splits
@@ -149,26 +138,29 @@ class TrialRunner:
             self.setup()
             spec = self.space
             tmpl = spec.templates[template]
-            args = (self._tokenizer, spec.model.max_length, spec.data.text_columns)
-            kwargs: dict[str, Any] = {
-                "mask": spec.lm_kind == "masked",
-                "truncation": spec.data.truncation,
-                "demos": demo_text,
-            }
+
+            def encode(df: Any) -> Encoded:
+                return self.task.encode(df, tmpl, self._tokenizer, spec, demo_text)
+
             full = self.budget == "full"
             train = self.splits.train if full else self.splits.trial_train
             train = demos.without(train, demo_rows)
-            held = self.splits.validation if full else self.splits.trial_eval
             try:
-                self._cache[key] = (
-                    encode(train, tmpl, *args, **kwargs),
-                    encode(held, tmpl, *args, **kwargs),
-                )
+                self._cache[key] = (encode(train), encode(self.held()))
                 if full:
-                    self._test[key] = encode(self.splits.test, tmpl, *args, **kwargs)
+                    self._test[key] = encode(self.splits.test)
             except TemplateTooLong as exc:
                 raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
         return self._cache[key]
+
+    def held(self, split: str = "eval") -> Any:
+        """The rows a trial is scored on (``split`` "eval": the ``data.eval_size`` subsample,
+        or the whole validation split at the full budget; "test": the test split, full budget
+        only), as :meth:`encoded` / :meth:`tested` tokenize them."""
+        if split == "test":
+            assert self.budget == "full", "a test score needs the full budget"
+            return self.splits.test
+        return self.splits.validation if self.budget == "full" else self.splits.trial_eval
 
     def tested(self, params: dict[str, Any]) -> Encoded | None:
         """The test split's tensors of a trial's template (full budget only; else None)."""
@@ -188,6 +180,8 @@ class TrialRunner:
         template = template or next(iter(spec.templates))
         key = (verbalizer, template if verbalizer not in spec.verbalizers else "")
         if key not in self._label_tokens:
+            from peftsearch.objectives.tasks.verbalize import label_token_ids
+
             self.setup()
             self._label_tokens[key] = label_token_ids(
                 self._tokenizer,
@@ -201,11 +195,9 @@ class TrialRunner:
     def zero_shot(
         self, n_demos: int = 0, verbalizers: list[str] | None = None
     ) -> dict[str, dict[str, float]]:
-        """The metric of the untrained LM for every template x verbalizer (see
-        :func:`peftsearch.objectives.zero_shot.zero_shot`)."""
-        from peftsearch.objectives import zero_shot
-
-        return zero_shot.zero_shot(self, n_demos, verbalizers)
+        """The untrained model's metric for every template (x verbalizer): the task's
+        zero-shot table, ``{}`` where the task has none (a new random head)."""
+        return self.task.zero_shot(self, n_demos, verbalizers)
 
     def find_label_words(self) -> dict[str, Any]:
         """``verbalizers: {auto: ...}``: the found verbalizers, per template (see
@@ -283,16 +275,12 @@ class TrialRunner:
     def score_result(self, params: dict[str, Any], result: Any, split: str = "eval") -> float:
         """The metric of an :class:`EvalResult` of a trial of ``params`` (``split`` "test":
         on the test split, full budget only)."""
-        eval_data: Encoded | None = self.encoded(params)[1]
-        if split == "test":
-            eval_data = self.tested(params)
-        assert eval_data is not None, "a test score needs the full budget"
         return float(
             score(
                 self._metric,
                 self.space.objectives.metric,
                 result.predictions,
-                eval_data.labels.tolist(),
+                self.task.references(self.held(split)),
                 **self.space.objectives.metric_kwargs,
             )
         )

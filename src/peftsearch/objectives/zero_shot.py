@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftsearch.errors import SpaceError
-from peftsearch.objectives.data import TemplateTooLong, encode
+from peftsearch.objectives.data import TemplateTooLong
 from peftsearch.objectives.metrics import score
 from peftsearch.spaces import DEMOS, has_slot
 
@@ -23,6 +23,7 @@ def zero_shot(
     spec = runner.space
     out: dict[str, dict[str, float]] = {}
     engine = runner.engine
+    references = runner.task.references(runner.held())
     for template, tmpl in spec.templates.items():
         if n_demos and not has_slot(tmpl, DEMOS):
             continue
@@ -41,7 +42,7 @@ def zero_shot(
                 runner._metric,
                 spec.objectives.metric,
                 result.predictions,
-                eval_data.labels.tolist(),
+                references,
                 **spec.objectives.metric_kwargs,
             )
     return out
@@ -58,27 +59,19 @@ def find_label_words(runner: Any) -> dict[str, Any]:
     """
     import torch
 
-    from peftsearch.objectives import demos
     from peftsearch.objectives import label_search as ls
 
     spec, auto = runner.space, runner.space.auto_verbalizers
     assert auto is not None, "no verbalizers.auto in the space"
     runner.setup()
-    labels = list(spec.data.labels)
-    rows = demos.pick(runner.splits.trial_train, auto.rows, spec.study.seed, len(labels))
+    labels, task = list(spec.data.labels), runner.task
+    rows = task.demo_rows(runner.splits.trial_train, auto.rows, spec.study.seed, spec.data)
     words = ls.word_tokens(runner._tokenizer, spec.lm_kind == "causal")
-    args = (runner._tokenizer, spec.model.max_length, spec.data.text_columns)
     logprobs = []
     for template, tmpl in spec.templates.items():
         params = {**runner._fixed(), "template": template, "n_demos": 0}
         try:
-            data = encode(
-                rows,
-                tmpl,
-                *args,
-                mask=spec.lm_kind == "masked",
-                truncation=spec.data.truncation,
-            )
+            data = task.encode(rows, tmpl, runner._tokenizer, spec)
         except TemplateTooLong as exc:
             raise SpaceError(str(spec.file), f"templates.{template}", str(exc)) from None
         logprobs.append(runner.engine.vocab_logprobs(params, data))

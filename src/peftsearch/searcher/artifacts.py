@@ -328,11 +328,13 @@ def _cell(value: Any) -> str:
 def _note_text(study: Any, space: Space, knee: Any, confirmed: dict[int, Any]) -> str:
     """The dashboard note's Markdown: the study, its front (``knee`` starred) and the runs
     at the full budget."""
+    from peftsearch.objectives import adapters
     from peftsearch.reports.pareto import pareto_rows
     from peftsearch.reports.select import pick_trial
 
     metric = space.objectives.metric
     rows = pareto_rows(study)
+    sizes = adapters.size_params()  # prompt_length, lora_r, ...: one column per adapter
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
@@ -349,8 +351,8 @@ def _note_text(study: Any, space: Space, knee: Any, confirmed: dict[int, Any]) -
         f"### Pareto front ({metric} against trainable parameters)",
         "",
         f"| trial | {_cell(metric)} | confirmed mean +- std (runs) | trainable params "
-        "| template | prompt | LoRA r |",
-        "|---:|---:|---:|---:|---|---:|---:|",
+        "| template | " + "".join(f"{name} | " for name in sizes).rstrip(),
+        "|---:|---:|---:|---:|---|" + "---:|" * len(sizes),
     ]
     for r in rows:
         star = " (knee)" if r["trial"] == knee else ""
@@ -358,7 +360,7 @@ def _note_text(study: Any, space: Space, knee: Any, confirmed: dict[int, Any]) -
         conf = f"{c.mean:.4f} +- {c.std:.4f} ({c.n})" if c is not None else "-"
         lines.append(
             f"| {r['trial']}{star} | {r['metric']:.4f} | {conf} | {r['trainable_params']:,} | "
-            f"{_cell(r['template'])} | {r['prompt_length']} | {r['lora_r']} |"
+            f"{_cell(r['template'])} | " + "".join(f"{r.get(name)} | " for name in sizes).rstrip()
         )
     if confirmed and rows:
         knee_number = pick_trial(study, "knee").number

@@ -128,14 +128,16 @@ def demo_counts(space: Space) -> list[int]:
 
 
 def _record_zero_shot(study: Any, space: Space, runner: Runner) -> list[str]:
-    """model.head verbalizer: score every template x verbalizer untrained, once per study
-    (stored as the ``zero_shot`` study attribute), so the report can show what training adds;
+    """Score every template (x verbalizer) untrained, once per study (stored as the
+    ``zero_shot`` study attribute), so the report can show what training adds (a task with
+    no zero-shot score, a new random head's, stores nothing);
     with demonstrations searched (``n_demos``), also with each searched count per class
     (``zero_shot_demos``: {count: {template: {verbalizer: score}}}).
     Returns lines to show (none when already stored)."""
-    if space.lm_kind is None or not scores_zero_shot(runner):
+    if not scores_zero_shot(runner) or study.user_attrs.get("zero_shot"):
         return []
-    if study.user_attrs.get("zero_shot"):
+    scores = runner.zero_shot()
+    if not scores:  # the task has no zero-shot score (a new random head)
         return []
     metric = space.objectives.metric
     lines = []
@@ -149,7 +151,6 @@ def _record_zero_shot(study: Any, space: Space, runner: Runner) -> list[str]:
             for t, by_v in by_count[str(k)].items()
             for v, value in by_v.items()
         ]
-    scores = runner.zero_shot()
     if by_count:
         study.set_user_attr("zero_shot_demos", by_count)
     study.set_user_attr("zero_shot", scores)

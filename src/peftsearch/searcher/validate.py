@@ -61,11 +61,11 @@ def check_space(space: Space) -> Iterator[str]:
     splits = load_splits(space)
     yield from _data_lines(space, splits)
     tokenizer = yield from _model_lines(space)
-    from peftsearch.objectives.metrics import check_metric, load_metric  # imports evaluate: slow
+    from peftsearch.objectives import tasks
+    from peftsearch.objectives.metrics import load_metric  # imports evaluate: slow
 
-    objectives = space.objectives
-    metric = load_metric(objectives.metric, file)
-    check_metric(metric, objectives.metric, objectives.metric_kwargs, len(space.data.labels), file)
+    metric = load_metric(space.objectives.metric, file)
+    tasks.get(space.task_name).check_metric(metric, space, file)
     yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
     if space.lm_kind is not None:
         yield (

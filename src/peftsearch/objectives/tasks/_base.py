@@ -12,6 +12,7 @@ No torch at import time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from peftsearch.spaces import Rule
@@ -38,6 +39,62 @@ class Task:
     def peft_task_type(self, lm_kind: str | None) -> Any:
         """peft's ``TaskType`` for this task's adapters."""
         raise NotImplementedError
+
+    # -- data: what a row's answer is, how rows split, what the metric compares -------------
+    # (``data.py`` loads the file and cleans the texts; pandas frames in, one row per example)
+
+    def target_columns(self, spec: Any) -> dict[str, str]:
+        """The source columns the answer is read from (checked to exist, besides the texts),
+        each with the space key that names it (for the error)."""
+        raise NotImplementedError
+
+    def clean(self, df: Any, spec: Any, file: str, split: str) -> Any:
+        """``df`` (texts cleaned) with its answer in the form the task trains on; rows
+        without a usable answer refused (SpaceError naming the key) or dropped."""
+        raise NotImplementedError
+
+    def split(self, df: Any, size: float | int, seed: int, spec: Any) -> tuple[Any, Any]:
+        """``(rest, part)``, ``part`` of ``size`` rows (or that fraction), fixed by ``seed``.
+
+        Raises:
+            ValueError: the rows cannot be split so (the message says why).
+        """
+        raise NotImplementedError
+
+    def record(self, spec: Any) -> dict[str, Any]:
+        """What ``splits.json`` records of the answers besides the rows (the label names)."""
+        return {}
+
+    def encode(self, df: Any, template: Any, tokenizer: Any, space: Any, demos: str = "") -> Any:
+        """``df``'s rows as model inputs under ``template`` (its ``{demos}`` slot holding
+        ``demos``) with their targets: an :class:`~peftsearch.objectives.data.Encoded`.
+
+        Raises:
+            TemplateTooLong: the template's own words do not fit ``model.max_length``.
+        """
+        raise NotImplementedError
+
+    def references(self, df: Any) -> list[Any]:
+        """The answers of ``df``'s rows as the metric's references."""
+        raise NotImplementedError
+
+    def demo_rows(self, train: Any, k: int, seed: int, spec: Any) -> Any:
+        """The train rows shown as ``{demos}`` (``n_demos`` = ``k``), drawn with ``seed``."""
+        raise NotImplementedError
+
+    def demo_answer(self, space: Any, params: Any) -> Callable[[dict[str, Any]], str]:
+        """What follows a demonstration row's worded text: its answer, as the trained
+        trial is asked to give it."""
+        raise NotImplementedError
+
+    def check_metric(self, metric: Any, spec: Any, file: str) -> None:
+        """Fail before training when the metric cannot score this task's answers (bad
+        ``metric_kwargs``): SpaceError naming the key."""
+
+    def zero_shot(self, runner: Any, n_demos: int, verbalizers: Any) -> dict[str, Any]:
+        """The untrained model's metric per template (and per verbalizer): what training
+        adds. ``{}`` where an untrained model has nothing to say (a new random head)."""
+        return {}
 
     # -- the packed engine ----------------------------------------------------------------------
 
@@ -67,7 +124,24 @@ class Task:
         """Per-row predictions of ``scores`` (a tensor on the scores' device)."""
         return scores.argmax(-1)
 
-    # -- outside the engine (``search train`` of a classifier: a plain loop on a peft model) ----
+    # -- ``search train``: production training of one configuration -------------------------
+
+    def train(
+        self,
+        space: Any,
+        params: Any,
+        splits: Any,
+        device: Any,
+        on_step: Any,
+        info: dict[str, Any],
+        probe: list[str],
+        checkpoint: Any = None,
+    ) -> Any:
+        """Train ``params`` on the whole train split and save nothing yet: a
+        :class:`~peftsearch.objectives.production_heads.Trained` (the model, its scores on
+        the validation and test splits, ``probe``'s predictions). ``info`` is
+        ``inference.json``, which the task completes with what prediction needs."""
+        raise NotImplementedError
 
     def train_loss(self, model: Any, batch: dict[str, Any]) -> Any:
         """The mean loss of a built model on ``batch`` (its ``labels`` included)."""

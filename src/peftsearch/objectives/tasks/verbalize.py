@@ -11,9 +11,11 @@ verbalizer is tokenized).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from peftsearch.objectives.tasks._base import Task
+from peftsearch.errors import SpaceError
+from peftsearch.objectives.tasks._labels import Labelled
 from peftsearch.spaces import Rule
 
 
@@ -36,7 +38,7 @@ def narrow_to(out: Any, rows: Any, cols: Any) -> Any:
     return out
 
 
-class Verbalize(Task):
+class Verbalize(Labelled):
     name = "verbalize"
     head = "verbalizer"
     rules = {
@@ -53,6 +55,26 @@ class Verbalize(Task):
         from peft import TaskType
 
         return TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.FEATURE_EXTRACTION
+
+    def demo_answer(self, space: Any, params: Any) -> Callable[[dict[str, Any]], str]:
+        """The verbalizer's first label word (the word the model is trained to predict)."""
+        verbalizer = params.get("verbalizer")
+        if verbalizer is None:
+            return super().demo_answer(space, params)
+        labels = list(space.data.labels)
+        words = space.words(verbalizer, params["template"])
+        return lambda row: words[labels[int(row["label"])]][0]
+
+    def zero_shot(self, runner: Any, n_demos: int, verbalizers: Any) -> dict[str, Any]:
+        """Every template x verbalizer, untrained (see :mod:`peftsearch.objectives.zero_shot`)."""
+        from peftsearch.objectives import zero_shot
+
+        return zero_shot.zero_shot(runner, n_demos, verbalizers)
+
+    def train(self, space: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        from peftsearch.objectives.production_heads import train_verbalizer
+
+        return train_verbalizer(space, params, *args, **kwargs)
 
     def head_modules(self, base: Any) -> tuple[dict[str, Any], set[str]]:
         return {}, lm_head_names(base)
@@ -116,3 +138,36 @@ def _word_scores(logp: Any, rows: Any) -> Any:
     wts = torch.tensor(weights, device=logp.device).index_select(0, seg)
     picked = logp.gather(1, tok.flatten(1)).view(tok.shape)
     return (picked * wts).sum(-1)
+
+
+def label_token_ids(
+    tokenizer: Any, labels: list[str], words: dict[str, list[str]], file: str, key: str
+) -> list[list[int]]:
+    """Each label's words as the first token id of each word (the module says why the first
+    token), in the order of ``labels``.
+
+    Raises:
+        SpaceError: a word with no tokens, or words of two labels that start with the same
+            token (their scores could not differ); ``key`` names the verbalizer.
+    """
+    out: list[list[int]] = []
+    first_of: dict[int, tuple[str, str]] = {}
+    for label in labels:
+        ids = []
+        for word in words[label]:
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise SpaceError(file, f"{key}.{label}", "no tokens", word)
+            other = first_of.get(pieces[0])
+            if other is not None and other[0] != label:
+                raise SpaceError(
+                    file,
+                    key,
+                    f"{other[1]!r} ({other[0]}) and {word!r} ({label}) start with the same "
+                    f"token {tokenizer.convert_ids_to_tokens(pieces[0])!r}; a word is scored by "
+                    "its first token, so pick words that start differently",
+                )
+            first_of[pieces[0]] = (label, word)
+            ids.append(pieces[0])
+        out.append(ids)
+    return out

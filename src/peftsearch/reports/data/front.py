@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.data import common
 from peftsearch.reports.select import pick_trial
 from peftsearch.reports.trials import front_trials
@@ -21,8 +22,7 @@ class ParetoPoint(NamedTuple):
     params: int  # trainable parameters
     pct: float | None  # trainable parameters as % of the base model
     template: str
-    prompt_length: Any
-    lora_r: Any
+    sizes: dict[str, Any]  # each adapter's size parameter (prompt_length, lora_r, ...)
     learning_rate: Any
     config: dict[str, Any]  # every parameter of the trial (searched and fixed), template text
     dominated: bool
@@ -60,8 +60,7 @@ def pareto_info(study: optuna.Study) -> ParetoInfo:
                 params=params,
                 pct=pct,
                 template=str(config.get("template")),
-                prompt_length=config.get("prompt_length"),
-                lora_r=config.get("lora_r"),
+                sizes={name: config.get(name) for name in adapters.size_params()},
                 learning_rate=config.get("learning_rate"),
                 config=config,
                 dominated=t.number not in front_numbers,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.data import common
 from peftsearch.reports.trials import front_trials
 
@@ -35,8 +36,7 @@ class StoppedTrial(NamedTuple):
 
     trial: int
     template: str | None
-    prompt_length: Any
-    lora_r: Any
+    sizes: dict[str, Any]  # each adapter's size parameter (prompt_length, lora_r, ...)
     learning_rate: Any
     params: int | None  # trainable parameters
     rung: int | None  # the rung that stopped it
@@ -147,8 +147,7 @@ def _stopped_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> StoppedT
     return StoppedTrial(
         trial=t.number,
         template=None if template is None else str(template),
-        prompt_length=config.get("prompt_length"),
-        lora_r=config.get("lora_r"),
+        sizes={name: config.get(name) for name in adapters.size_params()},
         learning_rate=config.get("learning_rate"),
         params=common.as_int(t.user_attrs.get("trainable_params")),
         rung=rung if rung is not None else (here.rung if here else None),

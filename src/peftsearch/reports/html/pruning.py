@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.html.section import Drawn, Section
 from peftsearch.reports.html.style import (
     FRONT,
@@ -101,9 +102,11 @@ def _peers(n: int | None) -> str:
 
 
 def _stopped_table(stopped: list[StoppedTrial], metric: str) -> str:
+    sizes = adapters.size_params()  # prompt_length, lora_r, ...: one column per adapter
     head = (
-        "<tr><th>trial</th><th>template</th><th>prompt_length</th><th>lora_r</th>"
-        "<th>learning_rate</th><th>trainable params</th><th>stopped at rung</th>"
+        "<tr><th>trial</th><th>template</th>"
+        + "".join(f"<th>{esc(name)}</th>" for name in sizes)
+        + "<th>learning_rate</th><th>trainable params</th><th>stopped at rung</th>"
         f"<th>step</th><th>{esc(metric)} there</th><th>ranked against</th>"
         "<th>scores at each rung</th></tr>"
     )
@@ -116,9 +119,8 @@ def _stopped_table(stopped: list[StoppedTrial], metric: str) -> str:
     body = "".join(
         f'<tr><td class="num">{t.trial}{" (coverage)" if t.coverage else ""}</td>'
         f"<td>{esc(num(t.template))}</td>"
-        f'<td class="num">{esc(num(t.prompt_length))}</td>'
-        f'<td class="num">{esc(num(t.lora_r))}</td>'
-        f'<td class="num">{esc(num(t.learning_rate))}</td>'
+        + "".join(f'<td class="num">{esc(num(t.sizes.get(name)))}</td>' for name in sizes)
+        + f'<td class="num">{esc(num(t.learning_rate))}</td>'
         f'<td class="num">{num(t.params)}</td>'
         f'<td class="num">{num(t.rung)}</td>'
         f'<td class="num">{step(t)}</td>'
