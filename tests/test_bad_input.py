@@ -154,6 +154,14 @@ SPACE_CASES = [
         "Review: the film",
     ),
     ("data-file-missing", {"data.path": "nope.csv"}, "data.path", ["no such file"], "nope.csv"),
+    ("rslora-not-a-bool", {"params.use_rslora": 1}, "params.use_rslora", ["true or false"], 1),
+    (
+        "loraplus-ratio-zero",
+        {"params.loraplus_lr_ratio": {"type": "float", "low": 0, "high": 16}},
+        "params.loraplus_lr_ratio",
+        ["must be > 0"],
+        NO_VALUE,
+    ),
     (
         "data-file-missing-in-folder",
         {"data.path": "sub/nope.jsonl"},

@@ -22,14 +22,18 @@ from peftsearch.searcher import open_study, run_study
 from peftsearch.spaces import load_space
 from tests.conftest import run_cli, space_dict
 
-KINDS = ["head", "lora", "prompt", "lora+prompt"]
+KINDS = ["head", "lora", "prompt", "lora+prompt", "ia3", "ia3+prompt", "dora+prompt"]
 # A high learning rate and LoRA scale, so that each adapter moves the predictions visibly.
 ENQUEUE = [
-    {"template": "review", "prompt_length": 0, "lora_r": 0, "learning_rate": 0.2},
-    {"template": "plain", "prompt_length": 0, "lora_r": 2, "learning_rate": 0.2},
-    {"template": "review", "prompt_length": 2, "lora_r": 0, "learning_rate": 0.2},
-    {"template": "review", "prompt_length": 2, "lora_r": 4, "learning_rate": 0.2},
+    {"template": "review", "adapter": "lora", "prompt_length": 0, "lora_r": 0},
+    {"template": "plain", "adapter": "lora", "prompt_length": 0, "lora_r": 2},
+    {"template": "review", "adapter": "lora", "prompt_length": 2, "lora_r": 0},
+    {"template": "review", "adapter": "lora", "prompt_length": 2, "lora_r": 4},
+    {"template": "plain", "adapter": "ia3", "prompt_length": 0, "lora_r": 2},
+    {"template": "review", "adapter": "ia3", "prompt_length": 2, "lora_r": 0},
+    {"template": "review", "adapter": "dora", "prompt_length": 2, "lora_r": 2},
 ]
+ENQUEUE = [{**e, "learning_rate": 0.2} for e in ENQUEUE]
 TEXTS = [
     "the film was good",
     "a dull and boring plot",
@@ -46,7 +50,8 @@ PLAIN = r"""
 import json, runpy, sys
 sys.modules["peftsearch"] = None  # any `import peftsearch` now fails
 import torch
-from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+from pathlib import Path
+from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -61,9 +66,11 @@ def load(d, with_lora=True):
         torch.manual_seed(info["seed"])
         model = AutoModelForSequenceClassification.from_pretrained(
             info["base_model"], num_labels=len(info["labels"]))
-        if info["kind"] == "lora+prompt" and with_lora:
-            model = inject_adapter_in_model(LoraConfig.from_pretrained(f"{d}/lora"), model)
-            set_peft_model_state_dict(model, load_file(f"{d}/lora/adapter_model.safetensors"))
+        # an adapter beneath the soft prompt (lora/, ia3/): its own peft config, injected
+        for sub in sorted(Path(d).iterdir()) if with_lora else []:
+            if (sub / "adapter_config.json").exists():
+                model = inject_adapter_in_model(PeftConfig.from_pretrained(str(sub)), model)
+                set_peft_model_state_dict(model, load_file(f"{sub}/adapter_model.safetensors"))
         model = PeftModel.from_pretrained(model, d)
     return model.eval(), tokenizer, info
 
@@ -82,7 +89,7 @@ def classify(model, tokenizer, info, texts):
 result = {}
 for d in sys.argv[2:]:
     row = result[d] = {"plain": classify(*load(d), TEXTS)}
-    if json.load(open(f"{d}/inference.json"))["kind"] == "lora+prompt":
+    if json.load(open(f"{d}/inference.json"))["kind"].endswith("+prompt"):
         row["without_lora"] = classify(*load(d, with_lora=False), TEXTS)
     shipped = runpy.run_path(f"{d}/load.py")
     model, tokenizer, info = shipped["load_model"](d, "cpu")
@@ -113,8 +120,9 @@ def trained(tmp_path_factory, tiny_model: Path, sentiment_csv: Path) -> dict[str
         tiny_model,
         sentiment_csv,
         root / "out",
-        study={"name": "prod", "n_trials": 4, "seed": 1, "enqueue": ENQUEUE},
+        study={"name": "prod", "n_trials": len(ENQUEUE), "seed": 1, "enqueue": ENQUEUE},
     )
+    raw["params"]["adapter"] = {"type": "categorical", "choices": ["lora", "ia3", "dora"]}
     raw["params"]["learning_rate"] = {"type": "float", "low": 1e-3, "high": 0.3, "log": True}
     raw["params"]["lora_alpha"] = 64
     space_file = root / "space.yaml"
@@ -176,10 +184,12 @@ def test_saved_layout(trained) -> None:
         assert "tokenizer_config.json" in names
         info = json.loads((trained[kind] / "inference.json").read_text(encoding="utf-8"))
         assert info["kind"] == kind and info["id2label"] == {"0": "neg", "1": "pos"}
-        assert info["template"] == ("{text}" if kind == "lora" else "review : {text}")
+        assert info["template"] == ("{text}" if kind in ("lora", "ia3") else "review : {text}")
         assert info["text_columns"] == ["text"]
         assert ("adapter_config.json" in names) == (kind != "head")
         assert ("lora" in names) == (kind == "lora+prompt")
+        assert ("ia3" in names) == (kind == "ia3+prompt")
+        assert ("dora" in names) == (kind == "dora+prompt")
         readme = (trained[kind] / "README.md").read_text(encoding="utf-8")
         assert f"## Layout ({kind})" in readme
         assert ("PeftModel.from_pretrained" in readme) == (kind != "head")
@@ -195,6 +205,17 @@ def test_saved_layout(trained) -> None:
     assert any("prompt" in k for k in top) and any("classifier" in k for k in top)
     assert beneath and all("lora_" in k for k in beneath)
     assert len(beneath) == 2 * 2 * 2  # A and B for query and value in 2 layers
+    ia3 = json.loads((trained["ia3+prompt"] / "ia3" / "adapter_config.json").read_text())
+    assert ia3["peft_type"] == "IA3" and "key" in str(ia3["target_modules"])
+    vectors = load_file(str(trained["ia3+prompt"] / "ia3" / "adapter_model.safetensors"))
+    assert vectors and all("ia3_l" in k for k in vectors)
+    assert len(vectors) == 2 * 4  # key, value and both output.dense in 2 layers
+    dora = json.loads((trained["dora+prompt"] / "dora" / "adapter_config.json").read_text())
+    assert dora["peft_type"] == "LORA" and dora["use_dora"] is True
+    magnitudes = load_file(str(trained["dora+prompt"] / "dora" / "adapter_model.safetensors"))
+    assert sum("lora_magnitude_vector" in k for k in magnitudes) == 2 * 2  # query, value x 2
+    card = (trained["ia3+prompt"] / "README.md").read_text(encoding="utf-8")
+    assert "IA3Config.from_pretrained" in card and "`ia3/` the IA3 beneath it" in card
 
 
 def run_plain(script: str, texts: list[str], dirs: list[str]) -> dict[str, Any]:
@@ -221,8 +242,9 @@ def test_plain_transformers_peft_code_predicts_what_predict_does(trained) -> Non
         assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 for r in ours[d])
     # Each model is its own: the adapters moved the predictions, well beyond the tolerance.
     assert min(_gap(ours[a], ours[b]) for a in dirs for b in dirs if a < b) > 1e-3
-    both = str(trained["lora+prompt"])
-    assert _gap(plain[both]["without_lora"], ours[both]) > 1e-3  # the LoRA part matters
+    for kind in ("lora+prompt", "ia3+prompt", "dora+prompt"):  # the part beneath matters
+        both = str(trained[kind])
+        assert _gap(plain[both]["without_lora"], ours[both]) > 1e-3
 
 
 def test_load_py_imports_only_the_plain_stack(trained) -> None:

@@ -21,14 +21,27 @@ from tests.conftest import HIDDEN, LAYERS, run_cli
 from tests.objectives.test_production import _gap, _same, run_plain
 from tests.objectives.test_verbalizer import VERBALIZERS, write
 
-KINDS = ["head", "lora", "prompt", "lora+prompt"]
+KINDS = ["head", "lora", "prompt", "lora+prompt", "ia3", "ia3+prompt", "dora", "dora+prompt"]
 LR = 0.03  # the top of the tiny space's range: each adapter moves the scores visibly
 ENQUEUE = [
     {"template": "review", "verbalizer": "plain", "prompt_length": 0, "lora_r": 0},
     {"template": "plain", "verbalizer": "multi", "prompt_length": 0, "lora_r": 2},
     {"template": "review", "verbalizer": "plain", "prompt_length": 2, "lora_r": 0},
     {"template": "review", "verbalizer": "multi", "prompt_length": 2, "lora_r": 4},
+    {"template": "plain", "verbalizer": "plain", "prompt_length": 0, "adapter": "ia3"},
+    {"template": "review", "verbalizer": "multi", "prompt_length": 2, "adapter": "ia3"},
+    # DoRA and IA3 move a tiny masked LM little in 20 steps: each pair differs in its
+    # template or verbalizer too, so that every saved model is visibly its own
+    {"template": "review", "verbalizer": "multi", "prompt_length": 0, "adapter": "dora"},
+    {"template": "plain", "verbalizer": "plain", "prompt_length": 2, "adapter": "dora"},
 ]
+ENQUEUE = [{"adapter": "lora", "lora_r": 0, **e} for e in ENQUEUE]
+for dora in ENQUEUE[6:]:
+    dora["lora_r"] = 2 if dora["prompt_length"] == 0 else 4
+# IA3 on each layer (peft's layers; the tiny models' intermediate size is 2 x hidden): Llama's
+# k_proj and v_proj outputs (hidden each) and down_proj's input (2 hidden); BERT's key and
+# value outputs and the inputs of both output.dense (hidden, 2 hidden).
+IA3 = {"causal": LAYERS * 4 * HIDDEN, "masked": LAYERS * 5 * HIDDEN}
 TEXTS = ["the film was good", "a dull and boring plot", "lovely cast {text}", "awful " * 60]
 LONG = TEXTS[-1]  # longer than max_length: its end is cut, never the template's words
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +61,7 @@ for d in sys.argv[2:]:
     shipped = runpy.run_path(f"{d}/load.py")
     model, tokenizer, info = shipped["load_model"](d, "cpu")
     row = result[d] = {"load_py": shipped["predict_texts"](model, tokenizer, info, TEXTS)}
-    if info["kind"] in ("lora", "prompt"):
+    if info["kind"] in ("lora", "prompt", "ia3", "dora"):
         auto = AutoModelForCausalLM if info["lm_kind"] == "causal" else AutoModelForMaskedLM
         peft_model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model"]), d).eval()
         tok = AutoTokenizer.from_pretrained(d)
@@ -91,20 +104,29 @@ def trained(
     root = tmp_path_factory.mktemp(f"production_{request.param}")
     models = {"causal": tiny_llama, "masked": tiny_mlm, "distilbert": tiny_distilbert_mlm}
     model = models[request.param]
-    enqueue = [{**e, "learning_rate": LR} for e in ENQUEUE]
-    study_cfg = {"name": "v", "n_trials": 4, "seed": 1, "enqueue": enqueue}
+    # peft has no IA3 layers for DistilBERT: its study has the LoRA and prompt kinds only
+    kinds = KINDS[:4] if request.param == "distilbert" else KINDS
+    enqueue = [{**e, "learning_rate": LR} for e in ENQUEUE[: len(kinds)]]
+    study_cfg = {"name": "v", "n_trials": len(kinds), "seed": 1, "enqueue": enqueue}
     space_file = write(root, model, sentiment_csv, lm, study=study_cfg)
     raw = yaml.safe_load(space_file.read_text(encoding="utf-8"))
     # The tiny random LMs' embeddings are N(0, 0.02): a prompt copied from them barely moves
     # the scores in 20 steps, N(0, 1) rows do (what this test needs: visibly different models).
     raw["params"]["prompt_init"] = "random"
+    raw["params"]["adapter"] = {"type": "categorical", "choices": ["lora", "ia3", "dora"]}
     if request.param == "distilbert":  # peft has no default LoRA targets for it
         raw["params"]["target_modules"] = ["q_lin", "v_lin"]
     space_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     run_study(load_space(space_file), show_progress=False)
     study = open_study(load_space(space_file), create=False)
-    out: dict[str, Any] = {"lm": lm, "root": root, "space": space_file, "results": {}}
-    for number, kind in enumerate(KINDS):
+    out: dict[str, Any] = {
+        "lm": lm,
+        "root": root,
+        "space": space_file,
+        "results": {},
+        "kinds": kinds,
+    }
+    for number, kind in enumerate(kinds):
         export = export_trial(study, number, root / f"export_{number}")
         if kind == "lora" and lm == "causal":
             proc = run_cli("train", str(export / "config.yaml"))
@@ -126,7 +148,7 @@ def test_reported_scores_are_what_the_saved_model_predicts(trained) -> None:
     """The engine's validation and test accuracy, recomputed through `search predict` (the
     plain-loaded model) on every row of those splits."""
     splits = _splits(trained)
-    for kind in KINDS:
+    for kind in trained["kinds"]:
         result = trained["results"][kind]
         for split in ("validation", "test"):
             df = getattr(splits, split)
@@ -143,7 +165,7 @@ def test_saved_layout_and_trainable_counts(trained) -> None:
     from safetensors.torch import load_file
 
     task = "CAUSAL_LM" if trained["lm"] == "causal" else "FEATURE_EXTRACTION"
-    for kind in KINDS:
+    for kind in trained["kinds"]:
         d = trained[kind]
         names = {p.name for p in d.iterdir()}
         assert {"inference.json", "training.json", "load.py", "README.md"} <= names
@@ -154,9 +176,11 @@ def test_saved_layout_and_trainable_counts(trained) -> None:
         assert info["padding_side"] == ("left" if trained["lm"] == "causal" else "right")
         assert ("adapter_config.json" in names) == (kind != "head")
         assert ("lora" in names) == (kind == "lora+prompt")
+        assert ("ia3" in names) == (kind == "ia3+prompt")
+        assert ("dora" in names) == (kind == "dora+prompt")
         assert "model.safetensors" not in names  # the base LM is not copied
         saved = 0
-        for sub in ("", "lora"):
+        for sub in ("", "lora", "ia3", "dora"):
             if (d / sub / "adapter_config.json").is_file():
                 config = json.loads((d / sub / "adapter_config.json").read_text())
                 assert config["task_type"] == task
@@ -167,14 +191,23 @@ def test_saved_layout_and_trainable_counts(trained) -> None:
         # Hand counts: LoRA r x (in + out) on query/value (BERT) or q_proj/v_proj (Llama, as
         # many key/value heads as heads: hidden -> hidden) of each layer; the prompt 2 x
         # hidden; no head.
-        r, k = {"head": (0, 0), "lora": (2, 0), "prompt": (0, 2), "lora+prompt": (4, 2)}[kind]
-        assert trainable == r * LAYERS * 2 * (HIDDEN + HIDDEN) + k * HIDDEN
+        r, k = {
+            "head": (0, 0),
+            "lora": (2, 0),
+            "prompt": (0, 2),
+            "lora+prompt": (4, 2),
+            "dora": (2, 0),
+            "dora+prompt": (4, 2),
+        }.get(kind, (0, 2 if kind.endswith("prompt") else 0))
+        ia3 = IA3[trained["lm"]] if kind.startswith("ia3") else 0
+        magnitude = LAYERS * 2 * HIDDEN if kind.startswith("dora") else 0  # per output unit
+        assert trainable == r * LAYERS * 2 * (HIDDEN + HIDDEN) + k * HIDDEN + ia3 + magnitude
         readme = (d / "README.md").read_text(encoding="utf-8")
         assert f"## Layout ({kind})" in readme and "verbalizer head" in readme
 
 
 def test_plain_stack_predicts_what_predict_does(trained) -> None:
-    dirs = [str(trained[kind]) for kind in KINDS]
+    dirs = [str(trained[kind]) for kind in trained["kinds"]]
     texts = TEXTS if trained["lm"] == "causal" else TEXTS[:-1]
     plain = run_plain(PLAIN, texts, dirs)
     ours = {d: predict(Path(d), texts) for d in dirs}
@@ -182,9 +215,16 @@ def test_plain_stack_predicts_what_predict_does(trained) -> None:
         _same(plain[d]["load_py"], ours[d])
         if "peft_forward" in plain[d]:  # peft's own forward, one text at a time
             _same(plain[d]["peft_forward"], ours[d], tol=1e-4)
-    assert {d for d in dirs if "peft_forward" in plain[d]} == {dirs[1], dirs[2]}
+    assert {d for d in dirs if "peft_forward" in plain[d]} == {
+        dirs[1],
+        dirs[2],
+        *dirs[4:5],
+        *dirs[6:7],
+    }
     # Each model is its own: the adapters moved the scores, well beyond the tolerance.
-    assert min(_gap(ours[a], ours[b]) for a in dirs for b in dirs if a < b) > 1e-3
+    gaps = {(a, b): _gap(ours[a], ours[b]) for a in dirs for b in dirs if a < b}
+    short = {(a.split("/")[-2], b.split("/")[-2]): round(g, 5) for (a, b), g in gaps.items()}
+    assert min(gaps.values()) > 1e-3, sorted(short.items(), key=lambda kv: kv[1])[:3]
 
 
 def test_zero_shot_trains_nothing_and_says_no_steps(trained, capsys) -> None:

@@ -252,3 +252,36 @@ def test_each_part_trains_at_its_own_rate() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == [5e-4, 5e-4, 0.1, 0.1]  # schedule per group
+
+
+def test_loraplus_rates_are_peft_create_loraplus_optimizers(loaded) -> None:
+    """LoRA+: every parameter of a built model trains at the rate peft's own
+    ``create_loraplus_optimizer`` gives it (B at ``loraplus_lr_ratio`` times A's rate)."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    from peftsearch.objectives.train import param_groups, part_of
+    from peftsearch.spaces import RULES
+
+    p = {name: rule.default for name, rule in RULES.items()}
+    p.update(template="plain", lora_r=4, prompt_length=0, learning_rate=2e-3)
+    p.update(loraplus_lr_ratio=16.0, weight_decay=0.0)
+    model = build(loaded[0], p)
+    named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
+    parts: dict[str, list] = {}
+    for name, w in named:
+        parts.setdefault(part_of(name), []).append(w)
+    ours = {
+        id(w): g["lr"]
+        for g in param_groups(parts, TrainConfig.from_params(p, 0))
+        for w in g["params"]
+    }
+    theirs_opt = create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=2e-3, loraplus_lr_ratio=16.0, weight_decay=0.0
+    )
+    theirs = {id(w): g["lr"] for g in theirs_opt.param_groups for w in g["params"]}
+    lora = [(n, w) for n, w in named if "lora_" in n]
+    assert lora and {id(w) for _, w in lora} <= theirs.keys()
+    for name, w in lora:
+        assert ours[id(w)] == pytest.approx(theirs[id(w)]), name
+    b_rates = [ours[id(w)] for n, w in lora if "lora_B" in n]
+    assert b_rates and b_rates == pytest.approx([3.2e-2] * len(b_rates))  # 16 x 2e-3

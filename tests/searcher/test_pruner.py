@@ -333,3 +333,52 @@ def test_studies_of_consecutive_seeds_do_not_share_suggestions(
 
     assert draws(1, 0) != draws(0, 1)
     assert draws(0, 1) == draws(0, 1)  # still deterministic
+
+
+def test_a_searched_method_is_a_conditional_space_and_coverage_spans_the_methods(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path, one_thread
+) -> None:
+    """`adapter` searched: each method's parameters are asked only in its own trials
+    (define-by-run), the coverage trials try every method once, TPE groups the subspaces."""
+    path = write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        params={
+            "template": "plain",
+            "adapter": {"type": "categorical", "choices": ["lora", "ia3", "none"]},
+            "lora_r": {"type": "categorical", "choices": [2, 4]},
+            "use_rslora": {"type": "categorical", "choices": [False, True]},
+            "ia3_learning_rate": {"type": "float", "low": 1e-2, "high": 1e-1, "log": True},
+            "prompt_length": 0,
+            "learning_rate": 1e-2,
+        },
+        study={"n_trials": 6, "seed": 0, "pruner": "none", "coverage": True},
+    )
+    space = load_space(path)
+    configs = coverage_configs(space)
+    assert [(c["adapter"], c.get("lora_r")) for c in configs] == [
+        ("lora", 2),
+        ("lora", 4),
+        ("ia3", None),
+    ]
+    assert configs[2]["ia3_learning_rate"] == pytest.approx(math.sqrt(1e-2 * 1e-1))
+    run_study(space, show_progress=False)
+    study = open_study(space, create=False)
+    from peftsearch.searcher import make_sampler
+
+    assert make_sampler(space)._group  # TPE models each method's parameters as a group
+    trials = [t for t in study.trials if t.state.name == "COMPLETE"]
+    for t in trials:
+        method = t.params["adapter"]
+        asked = set(t.params) - {"adapter"}
+        if method == "lora":
+            assert asked == {"lora_r", "use_rslora"}
+        elif method == "ia3":
+            assert asked == {"ia3_learning_rate"}
+        else:
+            assert asked == set()
+    methods = [t.params["adapter"] for t in trials]
+    assert methods[:3] == ["lora", "lora", "ia3"] and len(set(methods)) >= 2
+    ia3 = next(t for t in trials if t.params["adapter"] == "ia3")
+    assert ia3.values[1] == 2 * 5 * 16 + 34  # IA3 vectors (see test_packed) + the head

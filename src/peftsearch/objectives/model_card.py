@@ -15,29 +15,124 @@ _OTHER_LAYOUT = (
     "`model.safetensors`) holding every trained parameter."
 )
 
-_SNIPPET = {
-    "head": """\
-model = AutoModelForSequenceClassification.from_pretrained(DIR)  # base + trained head""",
-    "lora": """\
+_BASE = """\
 torch.manual_seed(info["seed"])
 base = AutoModelForSequenceClassification.from_pretrained(
     info["base_model"], num_labels=len(info["labels"]))
-model = PeftModel.from_pretrained(base, DIR)  # LoRA + the trained head (modules_to_save)""",
-    "prompt": """\
-torch.manual_seed(info["seed"])
-base = AutoModelForSequenceClassification.from_pretrained(
-    info["base_model"], num_labels=len(info["labels"]))
-model = PeftModel.from_pretrained(base, DIR)  # soft prompt + the trained head""",
-    "lora+prompt": """\
-torch.manual_seed(info["seed"])
-base = AutoModelForSequenceClassification.from_pretrained(
-    info["base_model"], num_labels=len(info["labels"]))
-# 1. the LoRA beneath the soft prompt (peft has no single config for both)
-base = inject_adapter_in_model(LoraConfig.from_pretrained(f"{DIR}/lora"), base)
-set_peft_model_state_dict(base, load_file(f"{DIR}/lora/adapter_model.safetensors"))
-# 2. the soft prompt and the trained head, the outer PeftModel
-model = PeftModel.from_pretrained(base, DIR)""",
-}
+"""
+
+
+def _snippet(kind: str) -> str:
+    """The plain transformers + peft lines that load a classifier of ``kind``."""
+    if kind == "head":
+        return (
+            "model = AutoModelForSequenceClassification.from_pretrained(DIR)  # base + trained head"
+        )
+    split = _split(kind)
+    if split is None:
+        return "model, tokenizer, info = load_model(DIR)  # load.py, beside this"
+    outer, inner = split
+    if inner is None:  # the soft prompt alone
+        return (
+            _BASE + "model = PeftModel.from_pretrained(base, DIR)  # soft prompt + the trained head"
+        )
+    if outer is None:
+        return (
+            _BASE + f"model = PeftModel.from_pretrained(base, DIR)  # {inner.label} + the "
+            "trained head (modules_to_save)"
+        )
+    return _BASE + (
+        f"# 1. the {inner.label} beneath the soft prompt (peft has no single config for both)\n"
+        f'base = inject_adapter_in_model({inner.config_class}.from_pretrained(f"{{DIR}}/'
+        f'{inner.name}"), base)\n'
+        f'set_peft_model_state_dict(base, load_file(f"{{DIR}}/{inner.name}/'
+        'adapter_model.safetensors"))\n'
+        "# 2. the soft prompt and the trained head, the outer PeftModel\n"
+        "model = PeftModel.from_pretrained(base, DIR)"
+    )
+
+
+def _split(kind: str) -> tuple[Any, Any] | None:
+    """A kind's outer adapter (the soft prompt) and the one beneath it (or alone), each None
+    where absent; None for a kind of other shape (the card then says what load.py reads)."""
+    from peftsearch.objectives import adapters
+
+    try:
+        used = [adapters.get(n) for n in kind.split("+")]
+    except KeyError:
+        return None
+    outer = [a for a in used if a.outer]
+    inner = [a for a in used if not a.outer]
+    if len(outer) > 1 or len(inner) > 1:
+        return None
+    return (outer[0] if outer else None), (inner[0] if inner else None)
+
+
+def _config_class(kind: str) -> str:
+    """The peft config class the snippet imports (the injected adapter's; LoRA's otherwise)."""
+    split = _split(kind)
+    inner = split[1] if split is not None else None
+    return str(inner.config_class) if inner is not None and inner.config_class else "LoraConfig"
+
+
+def _layout(kind: str) -> str:
+    """What a classifier's saved directory holds, for its ``kind``."""
+    if kind == "head":
+        return (
+            "a whole transformers model (`config.json`, `model.safetensors`): the base with "
+            "its trained classification head; a linear probe has no adapter."
+        )
+    split = _split(kind)
+    if split is None:
+        return _OTHER_LAYOUT
+    outer, inner = split
+    if inner is None:
+        return (
+            "a peft prompt-tuning adapter (`adapter_config.json`, `adapter_model.safetensors`): "
+            "the soft prompt and, as `modules_to_save`, the trained classification head."
+        )
+    if outer is None:
+        return (
+            f"a peft {inner.label} adapter (`adapter_config.json`, `adapter_model.safetensors`); "
+            "the trained classification head is in it as `modules_to_save`."
+        )
+    return (
+        f"two peft adapters. peft has no single config for {inner.label} and a soft prompt "
+        f"together; training injected {inner.label} into the base (`inject_adapter_in_model`) "
+        "and wrapped that with a prompt-tuning `PeftModel`. So the top directory is the outer "
+        "prompt-tuning adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt "
+        f"+ trained head), and `{inner.name}/` the {inner.label} beneath it "
+        f"(`adapter_config.json`: its `{inner.config_class}`; `adapter_model.safetensors`: "
+        "`get_peft_model_state_dict` of the injected model)."
+    )
+
+
+def _layout_verbalizer(kind: str, task: str) -> str:
+    """What a verbalizer's saved directory holds, for its ``kind``."""
+    if kind == "head":
+        return (
+            "no adapter: the base LM untrained, with the template and verbalizer below "
+            "(the zero-shot model; nothing was trained)."
+        )
+    split = _split(kind)
+    if split is None:
+        return _OTHER_LAYOUT
+    outer, inner = split
+    if inner is None:
+        return (
+            "a peft prompt-tuning adapter (`adapter_config.json` with task type "
+            f"{task}, `adapter_model.safetensors`: the soft prompt)."
+        )
+    if outer is None:
+        return (
+            f"a peft {inner.label} adapter (`adapter_config.json` with task type {task}, "
+            "`adapter_model.safetensors`)."
+        )
+    return (
+        "two peft adapters (peft has no single config for both): the top directory is the "
+        f"prompt-tuning adapter (the soft prompt), `{inner.name}/` the {inner.label} injected "
+        "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt)."
+    )
 
 
 # Both READMEs (classifier and verbalizer) open their "Use it" section with these lines.
@@ -56,21 +151,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
     if info.get("head") == "verbalizer":
         return _readme_verbalizer(info, record)
     kind, name = info["kind"], record["metric"]
-    layout = {
-        "head": "a whole transformers model (`config.json`, `model.safetensors`): the base with "
-        "its trained classification head; a linear probe has no adapter.",
-        "lora": "a peft LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`); the "
-        "trained classification head is in it as `modules_to_save`.",
-        "prompt": "a peft prompt-tuning adapter (`adapter_config.json`, "
-        "`adapter_model.safetensors`): the soft prompt and, as `modules_to_save`, the trained "
-        "classification head.",
-        "lora+prompt": "two peft adapters. peft has no single config for LoRA and a soft prompt "
-        "together; training injected LoRA into the base (`inject_adapter_in_model`) and wrapped "
-        "that with a prompt-tuning `PeftModel`. So the top directory is the outer prompt-tuning "
-        "adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt + trained "
-        "head), and `lora/` the LoRA beneath it (`adapter_config.json`: its `LoraConfig`; "
-        "`adapter_model.safetensors`: `get_peft_model_state_dict` of the injected model).",
-    }.get(kind, _OTHER_LAYOUT)
+    layout = _layout(kind)
     template = json.dumps(info["template"], ensure_ascii=False)
     column = info["text_columns"][0]
     render = (
@@ -102,7 +183,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
             "",
             "```python",
             "import json, torch",
-            "from peft import LoraConfig, PeftModel, inject_adapter_in_model, "
+            f"from peft import {_config_class(kind)}, PeftModel, inject_adapter_in_model, "
             "set_peft_model_state_dict",
             "from safetensors.torch import load_file",
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
@@ -110,7 +191,7 @@ def readme(info: dict[str, Any], record: dict[str, Any]) -> str:
             'DIR = "path/to/this/dir"',
             'info = json.load(open(f"{DIR}/inference.json"))',
             "tokenizer = AutoTokenizer.from_pretrained(DIR)",
-            _SNIPPET.get(kind, "model, tokenizer, info = load_model(DIR)  # load.py, beside this"),
+            _snippet(kind),
             "model.eval()",
             "",
             "raw_text = 'some text'",
@@ -133,17 +214,7 @@ def _readme_verbalizer(info: dict[str, Any], record: dict[str, Any]) -> str:
     kind, name, lm = info["kind"], record["metric"], info["lm_kind"]
     task = "CAUSAL_LM" if lm == "causal" else "FEATURE_EXTRACTION"
     auto = "AutoModelForCausalLM" if lm == "causal" else "AutoModelForMaskedLM"
-    layout = {
-        "head": "no adapter: the base LM untrained, with the template and verbalizer below "
-        "(the zero-shot model; nothing was trained).",
-        "lora": f"a peft LoRA adapter (`adapter_config.json` with task type {task}, "
-        "`adapter_model.safetensors`).",
-        "prompt": "a peft prompt-tuning adapter (`adapter_config.json` with task type "
-        f"{task}, `adapter_model.safetensors`: the soft prompt).",
-        "lora+prompt": "two peft adapters (peft has no single config for both): the top "
-        "directory is the prompt-tuning adapter (the soft prompt), `lora/` the LoRA injected "
-        "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt).",
-    }[kind]
+    layout = _layout_verbalizer(kind, task)
     words = "; ".join(
         f"{label}: {', '.join(json.dumps(w, ensure_ascii=False) for w in ws)}"
         for label, ws in info["label_words"].items()

@@ -125,11 +125,13 @@ class PackedEngine:
                 site += 1
         base.eval()
 
-    def hook(self, module: Any, key: str, make: Any) -> None:
-        """Register the forward hook ``make()`` on ``module`` under ``key``, once: adapters
-        hook layers when a trial first needs them; :meth:`close` removes them all."""
+    def hook(self, module: Any, key: str, make: Any, pre: bool = False) -> None:
+        """Register the forward hook ``make()`` on ``module`` under ``key`` (``pre``: a
+        forward pre-hook, which may replace the inputs), once: adapters hook layers when a
+        trial first needs them; :meth:`close` removes them all."""
         if key not in self._hooks:
-            self._hooks[key] = module.register_forward_hook(make())
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            self._hooks[key] = register(make())
 
     # -- building a slot ------------------------------------------------------------------------
 
@@ -218,8 +220,11 @@ class PackedEngine:
 
     @staticmethod
     def _fields(slot: Slot) -> dict[str, Field]:
-        """A slot's tensors as stack fields; a field's part is its adapter (the name's head)."""
-        return {name: Field(tuple(t.shape), name.split(".")[0]) for name, t in slot.tensors.items()}
+        """A slot's tensors as stack fields, each with its learning-rate part (its adapter's)."""
+        return {
+            name: Field(tuple(t.shape), adapters.field_part(name))
+            for name, t in slot.tensors.items()
+        }
 
     def _place(self, slots: list[Slot], live: bool) -> None:
         """Give each of ``slots`` without one a row of the stack, holding its own tensors.

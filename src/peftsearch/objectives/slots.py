@@ -59,7 +59,7 @@ class Slot:
         """The trainable tensors by part (each adapter trains at its own learning rate)."""
         out: dict[str, list[torch.nn.Parameter]] = {name: [] for name in adapters.parts()}
         for name, t in self.tensors.items():
-            out[name.split(".")[0]].append(t)
+            out[adapters.field_part(name)].append(t)
         return out
 
     # The built-in adapters' tensors by their old names (production saving and tests).

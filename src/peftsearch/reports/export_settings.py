@@ -75,11 +75,12 @@ def optimizer_groups(params: dict[str, Any]) -> dict[str, Any]:
     from peftsearch.objectives.train import TrainConfig
 
     cfg = TrainConfig.from_params(params, 0)
-    parts = [a.name for a in adapters.used(params) if a.name != "head"] + ["head"]
+    parts = [p for a in adapters.used(params) if a.name != "head" for p in a.parts] + ["head"]
     return {
         "groups": [{"part": part, "lr": cfg.rate(part)} for part in parts],
         "part_of_parameter": {
-            "lora": "name contains 'lora_'",
+            "lora_B": "name contains 'lora_B' (LoRA+: loraplus_lr_ratio times lora's rate)",
+            "lora": "name contains 'lora_' (any other LoRA parameter)",
             "prompt": "name contains 'prompt_encoder'",
             "head": "any other trainable parameter (the classification head)",
         },

@@ -12,8 +12,9 @@ from peftsearch.reports.trials import front_trials
 
 
 def columns() -> list[str]:
-    """The CSV's columns: each registered adapter's size (``prompt_length``, ``lora_r``, ...)
-    between the template and the learning rate."""
+    """The CSV's columns: the trial's kind (its adapters: ``lora``, ``ia3+prompt``, ``head``)
+    and each registered adapter's size (``prompt_length``, ``lora_r``, ...) between the
+    template and the learning rate."""
     return [
         "trial",
         "metric",
@@ -21,6 +22,7 @@ def columns() -> list[str]:
         "trainable_pct",
         "template",
         "verbalizer",
+        "kind",
         *adapters.size_params(),
         "learning_rate",
         "train_seconds",
@@ -43,6 +45,7 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
                 "trainable_pct": t.user_attrs.get("trainable_pct"),
                 "template": params.get("template"),
                 "verbalizer": params.get("verbalizer"),  # model.head verbalizer only
+                "kind": adapters.kind_of(params),
                 **{name: params.get(name) for name in adapters.size_params()},
                 "learning_rate": params.get("learning_rate"),
                 "train_seconds": t.user_attrs.get("train_seconds"),
@@ -83,6 +86,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
         ("% base", "right"),
         ("template", "left"),
         *([("verbalizer", "left")] if verbalizers else []),
+        ("kind", "left"),
         *((name, "right") for name in adapters.size_params()),
         ("learning_rate", "right"),
         ("train s", "right"),
@@ -97,6 +101,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
             f"{pct:.3f}" if pct is not None else "",
             escape(str(r["template"])),
             *([escape(str(r.get("verbalizer")))] if verbalizers else []),
+            str(r.get("kind")),
             *(str(r.get(name)) for name in adapters.size_params()),
             f"{r['learning_rate']:.2e}"
             if isinstance(r["learning_rate"], float)

@@ -44,7 +44,8 @@ class _Silent:
 
 
 def _summary(params: dict[str, Any]) -> str:
-    """``template [x verbalizer] | prompt K | r R | lr ...``: each adapter's size
+    """``template [x verbalizer] | prompt K | r R | lr ...`` (``| ia3`` for a method without
+    a size): each adapter's size
     (:attr:`Adapter.size_param`, named by its :attr:`Adapter.short`) and the rate of each part
     the trial trains (the head's when it has its own, or when nothing else trains)."""
 
@@ -63,8 +64,22 @@ def _summary(params: dict[str, Any]) -> str:
     if all(params.get(n) is None for n in own_rates if n != "learning_rate"):
         lrs = [rate("learning_rate")]  # one rate for every part (spaces before issue 11)
     verbalizer = f" x {params['verbalizer']}" if params.get("verbalizer") else ""
-    sizes = {a.size_param: a.short or a.name for a in adapters.ADAPTERS.values() if a.size_param}
-    shown = [f"{sizes[n]} {params.get(n)}" for n in adapters.size_params()]
+    method = params.get("adapter", "lora")  # the weight adapter (`adapter`)
+    by_size = {a.size_param: a for a in adapters.ADAPTERS.values() if a.size_param}
+    # each adapter's size, but not another method's (the lora_r of an IA3 trial means nothing);
+    # a method without a size by its name
+    chosen = adapters.ADAPTERS.get(method)
+    mine = {method, chosen.shares if chosen is not None else None}  # DoRA shows LoRA's rank
+    shown = [
+        f"{a.short or a.name} {params.get(n)}"
+        for n in adapters.size_params()
+        if not ((a := by_size[n]).method and a.name not in mine)
+    ]
+    shown += [
+        a.short or a.name
+        for a in adapters.ADAPTERS.values()
+        if a.method and not a.size_param and a.name == method
+    ]
     return f"{params.get('template')}{verbalizer} | {' | '.join(shown)} | lr {', '.join(lrs)}"
 
 

@@ -19,8 +19,18 @@ from peftsearch.spaces import CategoricalDist, FloatDist, IntDist, Space
 def _tpe(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:
     import optuna
 
+    # A searched `adapter` makes the space conditional (each method asks its own parameters):
+    # `group` lets multivariate TPE model each method's parameters together, apart from the
+    # trials that never asked them (optuna's advice for define-by-run spaces).
+    group = isinstance(space.search_params().get("adapter"), CategoricalDist)
     return optuna.samplers.TPESampler(
-        **{"multivariate": True, "constant_liar": True, "seed": seed, **kwargs}
+        **{
+            "multivariate": True,
+            "constant_liar": True,
+            "seed": seed,
+            **({"group": True} if group else {}),
+            **kwargs,
+        }
     )
 
 

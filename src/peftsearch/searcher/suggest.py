@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftsearch.objectives import adapters
 from peftsearch.objectives.trial import TrialConfig
 from peftsearch.spaces import CategoricalDist, FloatDist, IntDist, Space
 
 
 def suggest(trial: Any, space: Space) -> TrialConfig:
     """Ask ``trial`` for every distribution of ``space``, in the order of the parameters'
-    registration; fixed entries pass through.
+    registration; fixed entries pass through. A searched parameter of a method (an adapter
+    chosen by ``adapter``: ``lora_r``, ``use_rslora``, ``ia3_learning_rate``) is asked only in
+    the trials of that method (Optuna's define-by-run conditional space); the others keep it
+    at its default.
 
     Returns the trial's :class:`~peftsearch.objectives.trial.TrialConfig`: every parameter a
     trial needs, concrete values only.
     """
     params: dict[str, Any] = {}
     for name, spec in space.search_params().items():
+        methods = adapters.methods_of(name)
+        if methods is not None and _searched(spec) and params.get("adapter", "lora") not in methods:
+            continue  # define-by-run: another method's parameter (lora_r of an IA3 trial)
         if isinstance(spec, FloatDist):
             value: Any = trial.suggest_float(
                 name, spec.low, spec.high, log=spec.log, step=spec.step
@@ -30,6 +37,10 @@ def suggest(trial: Any, space: Space) -> TrialConfig:
             value = spec
         params[name] = value
     return TrialConfig.from_values(params)
+
+
+def _searched(spec: Any) -> bool:
+    return isinstance(spec, FloatDist | IntDist | CategoricalDist)
 
 
 def fixed_params(space: Space) -> dict[str, Any]:
@@ -67,12 +78,13 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
     spans the parameter axis from the start (without them a TPE study of 20 trials tried
     nothing under 19k parameters: issue 11): the smallest and the largest LoRA rank (and
     middle ranks until each template has a LoRA trial), the head alone (``lora_r`` 0,
-    ``prompt_length`` 0), a soft prompt alone (its middle length).
+    ``prompt_length`` 0), a soft prompt alone (its middle length), and with ``adapter``
+    searched, each other method once (IA3 alone).
     Only the classes the space can express, each once; learning rates at the middle of their
     (log) ranges, templates in turn; every other searched parameter is left to the sampler."""
     searched = space.search_params()
     ranks, lengths = _values(searched.get("lora_r")), _values(searched.get("prompt_length"))
-    if ranks is None and lengths is None:
+    if ranks is None and lengths is None and _methods(searched.get("adapter")) is None:
         return []  # one size class: nothing to cover
     r_choices: list[int] = ranks if ranks is not None else [int(searched["lora_r"])]
     k_choices: list[int] = lengths if lengths is not None else [int(searched["prompt_length"])]
@@ -98,14 +110,33 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
         for name, spec in searched.items()
         if name.endswith("learning_rate") and isinstance(spec, FloatDist)
     }
+    methods = _methods(searched.get("adapter"))
     out: list[dict[str, Any]] = []
     for r, k in dict.fromkeys(wanted):
         config: dict[str, Any] = dict(rates)
+        if methods is not None:  # LoRA's trials are `adapter: lora`; no LoRA: `none`
+            method = "lora" if r > 0 else ("none" if "none" in methods else "lora")
+            if method not in methods:
+                continue
+            config["adapter"] = method
         if ranks is not None:
             config["lora_r"] = r
         if lengths is not None:
             config["prompt_length"] = k
-        if len(templates) > 1:  # in turn
-            config["template"] = templates[len(out) % len(templates)]
         out.append(config)
+    # every other searched method once, at the smallest prompt (IA3 alone)
+    for method in methods or []:
+        if method not in ("lora", "none"):
+            other: dict[str, Any] = {**rates, "adapter": method}
+            if lengths is not None:
+                other["prompt_length"] = k_min
+            out.append(other)
+    for i, config in enumerate(out):
+        if len(templates) > 1:  # in turn
+            config["template"] = templates[i % len(templates)]
     return out
+
+
+def _methods(spec: Any) -> list[str] | None:
+    """The methods a searched ``adapter`` takes (None: not searched)."""
+    return list(spec.choices) if isinstance(spec, CategoricalDist) else None

@@ -22,6 +22,7 @@ from peftsearch.spaces._params import (
     Rule,
     cat,
     log_range,
+    register_method,
     register_params,
     register_task,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Rule",
     "cat",
     "log_range",
+    "register_method",
     "register_params",
     "register_task",
     "Space",

@@ -142,7 +142,14 @@ class Rule:
     """What values a known parameter accepts, and its default when the space omits it."""
 
     kind: Literal[
-        "int", "float", "str", "modules", "optional_int", "optional_str", "optional_float"
+        "int",
+        "float",
+        "str",
+        "bool",
+        "modules",
+        "optional_int",
+        "optional_str",
+        "optional_float",
     ]
     default: Any
     low: float | None = None  # inclusive unless low_open
@@ -159,6 +166,10 @@ class Rule:
     def check(self, value: Any) -> None:
         """Raise ValueError unless ``value`` is allowed for this parameter."""
         if self.kind in ("optional_int", "optional_str", "optional_float") and value is None:
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"must be true or false, got {value!r}")
             return
         if self.kind in ("int", "optional_int"):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -200,6 +211,15 @@ RULES: dict[str, Rule] = {
         low=0,
         help="few-shot demonstrations per class in the template's {demos} slot (LM-BFF); 0 = none",
         order=3,
+    ),
+    # Which weight adapter a trial trains (each registered method adds its name; `none`:
+    # the head and/or the soft prompt only). `lora` with `lora_r` 0 trains no LoRA either.
+    "adapter": Rule(
+        "str",
+        "lora",
+        choices=("none",),
+        help="the weight adapter a trial trains: a registered method (lora, ia3, ...) or none",
+        order=3.5,
     ),
     "learning_rate": Rule(
         "float",
@@ -270,6 +290,21 @@ def register_params(
             if name not in RULES:
                 raise ValueError(f"default for unregistered parameter {name!r} ({owner})")
         DEFAULT_PARAMS.setdefault(kind, {}).update(entries)
+
+
+def register_method(name: str) -> None:
+    """Make ``name`` a value of the ``adapter`` parameter (a weight adapter method).
+
+    Raises:
+        ValueError: it is one already.
+    """
+    import dataclasses
+
+    rule = RULES["adapter"]
+    assert rule.choices is not None
+    if name in rule.choices:
+        raise ValueError(f"adapter method {name!r} is already registered")
+    RULES["adapter"] = dataclasses.replace(rule, choices=(*rule.choices, name))
 
 
 def check_param(name: str, spec: Any) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from peftsearch.objectives.adapters._base import Adapter
+from peftsearch.objectives.adapters.dora import DoRA
 from peftsearch.objectives.adapters.head import Head
+from peftsearch.objectives.adapters.ia3 import IA3
 from peftsearch.objectives.adapters.lora import LoRA
 from peftsearch.objectives.adapters.prompt import SoftPrompt
-from peftsearch.spaces import register_params
+from peftsearch.spaces import register_method, register_params
 
 ADAPTERS: dict[str, Adapter] = {}
 
@@ -36,6 +38,8 @@ def register(adapter: Adapter) -> Adapter:
     if name in ADAPTERS:
         raise ValueError(f"an adapter named {name!r} is already registered")
     register_params(f"adapter {name!r}", adapter.rules, adapter.defaults)
+    if adapter.method:
+        register_method(name)
     ADAPTERS[name] = adapter
     return adapter
 
@@ -80,22 +84,38 @@ def size_params() -> list[str]:
 
 
 def part_of(parameter_name: str) -> str:
-    """The adapter (learning-rate part) a trainable parameter of a built model belongs to:
-    the first that claims it, else ``head``."""
+    """The learning-rate part a trainable parameter of a built model belongs to: that of the
+    first adapter that claims it, else ``head``."""
     for adapter in ADAPTERS.values():
         if adapter.owns(parameter_name):
-            return adapter.name
+            return adapter.param_part(parameter_name)
     return "head"
+
+
+def methods_of(parameter: str) -> set[str] | None:
+    """The methods (adapters chosen by ``adapter``) that take ``parameter`` (``lora_r``: LoRA
+    and DoRA, which shares LoRA's), or None: a generic parameter, or the soft prompt's or
+    head's, which go with any method."""
+    for a in ADAPTERS.values():
+        if a.method and parameter in a.rules:
+            return {a.name} | {b.name for b in ADAPTERS.values() if b.shares == a.name}
+    return None
+
+
+def field_part(field: str) -> str:
+    """The learning-rate part of a stack field (``lora.<layer>.A``: its adapter's, by the
+    name's head)."""
+    return ADAPTERS[field.split(".")[0]].field_part(field)
 
 
 def parts() -> tuple[str, ...]:
     """Every learning-rate part, in registry order (a column of the stack's rates each)."""
-    return tuple(ADAPTERS)
+    return tuple(part for a in ADAPTERS.values() for part in a.parts)
 
 
 def rates(params: dict[str, Any]) -> dict[str, float]:
     """Each part's peak learning rate in a trial of ``params``."""
-    return {name: a.rate(params) for name, a in ADAPTERS.items()}
+    return {part: rate for a in ADAPTERS.values() for part, rate in a.rates(params).items()}
 
 
 def peft_configs(
@@ -139,16 +159,22 @@ def arrange(configs: dict[str, Any]) -> dict[str, Any]:
 register(LoRA())
 register(SoftPrompt())
 register(Head())
+register(IA3())
+register(DoRA())
 
 __all__ = [
     "ADAPTERS",
     "Adapter",
     "arrange",
+    "DoRA",
     "Head",
+    "IA3",
     "LoRA",
     "SoftPrompt",
     "get",
     "kind_of",
+    "methods_of",
+    "field_part",
     "part_of",
     "parts",
     "peft_configs",

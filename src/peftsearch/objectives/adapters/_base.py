@@ -34,6 +34,8 @@ class Adapter:
     Attributes:
         name: the adapter's name: its learning-rate part in the stack, the prefix of its
             tensors' field names, its word in a trial's kind (``lora+prompt``).
+        label: how prose names it (``LoRA``, ``soft prompt``).
+        config_class: peft's config class of it (``LoraConfig``), if peft has one.
         rules: its searchable parameters (name -> :class:`~peftsearch.spaces.Rule`).
         defaults: head kind -> the entries it adds to the default space.
         rate_param: the parameter holding its own peak learning rate; None or a null value
@@ -41,18 +43,24 @@ class Adapter:
         size_param: the parameter that says how big it is (shown in report tables), if any.
         short: how the line printed per trial names that size (``r 4``; default: the name).
         in_kind: whether it names a trial's kind (the head is in every classifier: not).
+        method: it is a value of the ``adapter`` parameter (the weight adapter a trial
+            trains: ``lora``, ``ia3``); the head and the soft prompt are not.
+        shares: the method whose parameters it takes too (DoRA takes LoRA's).
         outer: its peft config wraps the model (prompt learning); the others are injected
             beneath it and saved in a sub-directory named after them.
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
+    config_class: ClassVar[str] = ""
     rules: ClassVar[dict[str, Rule]] = {}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     rate_param: ClassVar[str | None] = None
     size_param: ClassVar[str | None] = None
     short: ClassVar[str] = ""
     in_kind: ClassVar[bool] = True
+    method: ClassVar[bool] = False
+    shares: ClassVar[str | None] = None
     outer: ClassVar[bool] = False
 
     # -- the trial ------------------------------------------------------------------------------
@@ -69,6 +77,26 @@ class Adapter:
         """The adapter's peak learning rate in a trial of ``params``."""
         own = params.get(self.rate_param) if self.rate_param else None
         return float(own if own is not None else params["learning_rate"])
+
+    # -- learning-rate parts (a column of the stack's rates, a group of AdamW each) -------------
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Its learning-rate parts: its name (one rate for all its tensors), or more where
+        tensors train at rates of their own (LoRA+: B apart from A)."""
+        return (self.name,)
+
+    def rates(self, params: dict[str, Any]) -> dict[str, float]:
+        """Each of its parts' peak learning rate in a trial of ``params``."""
+        return {part: self.rate(params) for part in self.parts}
+
+    def field_part(self, field: str) -> str:
+        """The part of one of its stack fields (``lora.<layer>.B``)."""
+        return self.name
+
+    def param_part(self, parameter_name: str) -> str:
+        """The part of one of its parameters in a built peft model (it :meth:`owns` it)."""
+        return self.name
 
     # -- the packed engine ----------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
-"""LoRA (Hu et al. 2021) as peft defines it: ``W x + B(A(dropout(x))) * alpha / r``.
+"""LoRA (Hu et al. 2021) as peft defines it: ``W x + B(A(dropout(x))) * alpha / r``, or with
+``use_rslora`` (rank-stabilized LoRA, Kalajdzievski 2023) ``* alpha / sqrt(r)``.
 
 A kaiming-uniform(a=sqrt 5), B zero, on the linear layers peft's ``check_target_module_exists``
-matches for ``target_modules`` (null: peft's default mapping for the model type). In the packed
+matches for ``target_modules``: a module name or a list of them, or one of the named sets in
+:data:`TARGET_SETS` (``default``: peft's mapping for the model type, ``attention``: every
+attention projection, ``all-linear``: peft's own shorthand for every linear layer but the
+output head). In the packed
 engine every slot's A and B are fields of the stack (``lora.<layer>.A`` / ``.B``, zero-padded to
 the pack's largest rank: exact, see :mod:`~peftsearch.objectives.stack`), and one hook per
 adapted layer adds every row's own delta with two ``bmm``.
@@ -12,11 +16,39 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from peftsearch.errors import TrialFailed
 from peftsearch.objectives.adapters._base import Adapter
 from peftsearch.spaces import Rule, cat, log_range
+
+# Where LoRA goes, by name (``target_modules: attention``). ``attention`` is a regular
+# expression peft matches against full module names (``re.fullmatch``): the query, key,
+# value and output projections of BERT-like encoders (``attention.self.query``,
+# ``attention.output.dense``), DistilBERT (``attention.q_lin``), Llama / SmolLM2 / BART
+# (``self_attn.q_proj``, ``out_proj``) and T5 (``SelfAttention.q``); it is saved as is in
+# ``adapter_config.json``, so plain peft places the adapter where the search trained it.
+ATTENTION = (
+    r".*\.(self_attn|attn|attention|encoder_attn|SelfAttention|EncDecAttention)(\.self)?\."
+    r"(query|key|value|q_proj|k_proj|v_proj|o_proj|out_proj|q_lin|k_lin|v_lin|out_lin|q|k|v|o)"
+    r"|.*\.attention\.output\.dense"
+)
+TARGET_SETS: dict[str, str | None] = {
+    "default": None,  # peft's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    "attention": ATTENTION,
+    "all-linear": "all-linear",  # peft expands it (_maybe_include_all_linear_layers)
+}
+
+
+def peft_targets(value: Any) -> Any:
+    """``target_modules`` as peft takes it: a named set resolved (also as a one-item list:
+    a searched choice is stored comma-joined and read back as a list), anything else as
+    given."""
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0] if value[0] in TARGET_SETS else value
+    if isinstance(value, str) and value in TARGET_SETS:
+        return TARGET_SETS[value]
+    return value
 
 
 @dataclass
@@ -32,9 +64,11 @@ class LoraRows:
 class LoRA(Adapter):
     name = "lora"
     label = "LoRA"
+    config_class = "LoraConfig"  # peft's (the saved model card names it)
     rate_param = "learning_rate"
     short = "r"
-    size_param = "lora_r"
+    size_param: ClassVar[str | None] = "lora_r"
+    method = True  # `adapter: lora` (the default)
     rules = {
         "lora_r": Rule("int", 8, low=0, help="LoRA rank; 0 = no LoRA", order=4),
         "lora_alpha": Rule(
@@ -42,7 +76,22 @@ class LoRA(Adapter):
         ),
         "lora_dropout": Rule("float", 0.0, low=0, high=1, high_open=True, order=10),
         "target_modules": Rule(
-            "modules", None, help="LoRA targets; null = peft's default", order=11
+            "modules",
+            None,
+            help="LoRA targets: default | attention | all-linear, or module names; "
+            "null = peft's default",
+            order=11,
+        ),
+        "use_rslora": Rule(
+            "bool", False, help="rank-stabilized LoRA: scale alpha / sqrt(r)", order=11.5
+        ),
+        "loraplus_lr_ratio": Rule(
+            "float",
+            1.0,
+            low=0,
+            low_open=True,
+            help="LoRA+: B trains at this times A's learning rate (1 = plain LoRA)",
+            order=11.6,
         ),
     }
     # LoRA's rate is the base ``learning_rate`` (measured ranges: benchmarks/RESULTS.md,
@@ -53,10 +102,41 @@ class LoRA(Adapter):
     }
 
     def used(self, params: dict[str, Any]) -> bool:
-        return int(params["lora_r"]) > 0
+        return params.get("adapter", "lora") == "lora" and int(params["lora_r"]) > 0
 
     def describe(self, params: dict[str, Any]) -> str:
-        return f"LoRA r={params['lora_r']}, alpha={params['lora_alpha']}"
+        out = f"LoRA r={params['lora_r']}, alpha={params['lora_alpha']}"
+        if params.get("use_rslora"):
+            out += " (rsLoRA: alpha / sqrt(r))"
+        if float(params.get("loraplus_lr_ratio", 1.0)) != 1.0:
+            out += f", LoRA+ ratio {params['loraplus_lr_ratio']}"
+        targets = params.get("target_modules")
+        named = targets[0] if isinstance(targets, list) and len(targets) == 1 else targets
+        if isinstance(named, str) and named in TARGET_SETS:
+            out += f", on {named}"
+        return out
+
+    # LoRA+ (Hayou et al. 2024, peft's ``create_loraplus_optimizer``): B at its own rate.
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (self.name, f"{self.name}_B")
+
+    def rates(self, params: dict[str, Any]) -> dict[str, float]:
+        rate = self.rate(params)
+        ratio = float(params.get("loraplus_lr_ratio", 1.0))
+        return {self.name: rate, f"{self.name}_B": rate * ratio}
+
+    def field_part(self, field: str) -> str:
+        return f"{self.name}_B" if field.endswith(".B") else self.name
+
+    def param_part(self, parameter_name: str) -> str:
+        return f"{self.name}_B" if "lora_B" in parameter_name else self.name
+
+    @staticmethod
+    def scaling(params: dict[str, Any]) -> float:
+        """``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora`` (peft's ``update_layer``)."""
+        r = int(params["lora_r"])
+        return float(params["lora_alpha"]) / (math.sqrt(r) if params.get("use_rslora") else r)
 
     # -- the packed engine ----------------------------------------------------------------------
 
@@ -70,7 +150,7 @@ class LoRA(Adapter):
         from peft.tuners.tuners_utils import check_target_module_exists
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-        targets: Any = params["target_modules"]
+        targets: Any = peft_targets(params["target_modules"])
         if targets is None:
             kind = str(getattr(engine.base.config, "model_type", ""))
             targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind)
@@ -79,11 +159,21 @@ class LoRA(Adapter):
                     f"no default LoRA target modules for model type {kind!r}; "
                     "set target_modules in space.yaml"
                 )
-        config = LoraConfig(r=params["lora_r"], target_modules=list(targets))
+        if targets == "all-linear":  # peft's own expansion, on the engine's base
+            from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+            task_type = engine.task.peft_task_type(engine.lm_kind)
+            wide = LoraConfig(r=1, target_modules="all-linear", task_type=task_type)
+            _maybe_include_all_linear_layers(wide, engine.base)  # sets its target_modules
+            targets = sorted(wide.target_modules or ())
+        elif not isinstance(targets, str):
+            targets = list(targets)
+        config = LoraConfig(r=params["lora_r"], target_modules=targets)
         names = [n for n in engine.linears if check_target_module_exists(config, n)]
         if not names:
+            shown = targets if isinstance(targets, str) else list(targets)
             raise TrialFailed(
-                f"target_modules {list(targets)} match no linear layer of the model "
+                f"target_modules {shown} match no linear layer of the model "
                 f"(some of its layers: {', '.join(list(engine.linears)[:6])}, ...)"
             )
         return names
@@ -99,16 +189,21 @@ class LoRA(Adapter):
             a = torch.empty(r, lin.in_features)
             torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=gen)
             b = torch.zeros(lin.out_features, r)
-            out[f"lora.{name}.A"] = torch.nn.Parameter(a.to(engine.device))
-            out[f"lora.{name}.B"] = torch.nn.Parameter(b.to(engine.device))
+            out[f"{self.name}.{name}.A"] = torch.nn.Parameter(a.to(engine.device))
+            out[f"{self.name}.{name}.B"] = torch.nn.Parameter(b.to(engine.device))
         slot.state[self.name] = {
             "layers": names,
-            "scaling": float(params["lora_alpha"]) / r,
+            "scaling": self.scaling(params),
             "dropout": float(params["lora_dropout"]),
         }
         for name in names:
-            engine.hook(engine.linears[name], f"lora:{name}", lambda n=name: _hook(engine.rows, n))
+            hook = self.make_hook(engine, name)
+            engine.hook(engine.linears[name], f"{self.name}:{name}", lambda h=hook: h)
         return out
+
+    def make_hook(self, engine: Any, name: str) -> Any:
+        """The forward hook of layer ``name`` (registered once per engine)."""
+        return _hook(engine.rows, name)
 
     def prepare(self, engine: Any, rows: Any, segments: list[tuple[Any, int]]) -> None:
         import torch
@@ -136,7 +231,8 @@ class LoRA(Adapter):
             r=params["lora_r"],
             lora_alpha=params["lora_alpha"],  # peft uses it as a float
             lora_dropout=params["lora_dropout"],
-            target_modules=params["target_modules"],
+            target_modules=peft_targets(params["target_modules"]),
+            use_rslora=bool(params.get("use_rslora", False)),
         )
 
     def slot_config(self, slot: Any, task_type: Any, model_config: Any) -> Any:

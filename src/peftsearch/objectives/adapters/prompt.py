@@ -19,6 +19,7 @@ from peftsearch.spaces import Rule, cat, log_range
 class SoftPrompt(Adapter):
     name = "prompt"
     label = "soft prompt"
+    config_class = "PromptTuningConfig"  # peft's (the saved model card names it)
     rate_param = "prompt_learning_rate"
     short = "prompt"
     size_param = "prompt_length"

@@ -203,7 +203,7 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
     sizes = adapters.size_params()  # prompt_length, lora_r, ...: one column per adapter
     head = (
         f"<tr><th>trial</th><th>{esc(metric)}</th><th>trainable params</th><th>% of base</th>"
-        f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}"
+        f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}<th>kind</th>"
         + "".join(f"<th>{esc(name)}</th>" for name in sizes)
         + "<th>learning_rate</th><th>train s</th><th>template text</th></tr>"
     )
@@ -219,6 +219,7 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
             f'<td class="num">{"" if pct is None else f"{pct:.3f}"}</td>'
             f"<td>{esc(r['template'])}</td>"
             + (f"<td>{esc(str(r.get('verbalizer')))}</td>" if verbalizers else "")
+            + f"<td>{esc(str(r.get('kind')))}</td>"
             + "".join(f'<td class="num">{esc(num(r.get(name)))}</td>' for name in sizes)
             + f'<td class="num">{esc(num(r["learning_rate"]))}</td>'
             f'<td class="num">{"" if secs is None else f"{secs:.1f}"}</td>'
