@@ -15,7 +15,7 @@ same K varied by 2.6x. Beside each K: the base model's own forward + backward on
 of K trials (16 rows each, no hooks, no trial tensors), the part of a step that is the model's
 work, which grows with the rows whatever the engine does.
 
-    .venv/bin/python benchmarks/pack_ops.py --k 1,4,16,64 [--json out.json]
+    .venv/bin/python benchmarks/pack_ops.py --k 1,4,16,64 [--json out.json] [--mix methods]
 """
 
 from __future__ import annotations
@@ -33,19 +33,32 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP, TIMED, REPEATS, ROUNDS, PROFILED = 5, 10, 3, 3, 5
 
 
+MIX = "lora"  # --mix methods: the trials also cycle through the adapter methods
+
+
 def trial(i: int) -> dict[str, Any]:
-    """The i-th trial of the mix: rank, prompt, template, rates and dropout vary with i."""
+    """The i-th trial of the mix: rank, prompt, template, rates and dropout vary with i; with
+    ``--mix methods`` also the method (LoRA, DoRA, IA3, none) and LoRA's placement and
+    options (peft's default targets, every attention projection, all-linear; rsLoRA)."""
     from tests.objectives.test_runner import params
 
+    extra: dict[str, Any] = {}
+    if MIX == "methods":
+        extra = {
+            "adapter": ("lora", "dora", "ia3", "lora", "none", "dora")[i % 6],
+            "target_modules": ("default", "attention", "all-linear")[i % 3],
+            "use_rslora": bool(i % 2),
+        }
     return params(
         template=("plain", "review")[i % 2],
-        lora_r=(1, 2, 4, 8, 0, 16)[i % 6],
+        lora_r=(1, 2, 4, 8, 0, 16)[i % 6] or (2 if extra else 0),
         prompt_length=(0, 4, 0, 2)[i % 4],
         learning_rate=1e-3 * (1 + i % 5),
         head_learning_rate=1e-2 * (1 + i % 3),
         lora_dropout=(0.0, 0.1)[i % 2],
         batch_size=16,
         max_steps=10_000,
+        **extra,
     )
 
 
@@ -106,7 +119,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", default="1,4,16,64", help="comma list of pack sizes")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--mix", choices=("lora", "methods"), default="lora", help="the trials")
     args = ap.parse_args()
+    global MIX
+    MIX = args.mix
     sys.path.insert(0, str(ROOT))
 
     from peftsearch.objectives.runner import TrialRunner

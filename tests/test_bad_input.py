@@ -154,7 +154,13 @@ SPACE_CASES = [
         "Review: the film",
     ),
     ("data-file-missing", {"data.path": "nope.csv"}, "data.path", ["no such file"], "nope.csv"),
-    ("rslora-not-a-bool", {"params.use_rslora": 1}, "params.use_rslora", ["true or false"], 1),
+    (
+        "rslora-not-a-bool",
+        {"params.use_rslora": 1},
+        "params.use_rslora",
+        ["must be true or false, got 1"],
+        NO_VALUE,
+    ),
     (
         "loraplus-ratio-zero",
         {"params.loraplus_lr_ratio": {"type": "float", "low": 0, "high": 16}},

@@ -165,9 +165,10 @@ def test_export_is_a_standalone_directory(study, study_space, tmp_path, number) 
     assert str(getattr(built.lr_scheduler_type, "value", built.lr_scheduler_type)) == "linear"
 
     # optimizer.json: a peak rate per part the trial trains (the head always; rates not set
-    # in the space follow learning_rate).
+    # in the space follow learning_rate; LoRA's B is a part of its own, LoRA+'s, at the same
+    # rate here: loraplus_lr_ratio 1).
     groups = json.loads((to / "optimizer.json").read_text(encoding="utf-8"))["groups"]
-    want = ["lora"] * (trial.params["lora_r"] > 0) + ["prompt"] * (
+    want = ["lora", "lora_B"] * (trial.params["lora_r"] > 0) + ["prompt"] * (
         trial.params["prompt_length"] > 0
     )
     assert [g["part"] for g in groups] == [*want, "head"]

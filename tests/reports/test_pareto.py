@@ -57,6 +57,7 @@ def test_rows_are_the_front_sorted_by_params() -> None:
     assert [r["trial"] for r in rows] == [0, 1, 3]
     assert rows[0]["prompt_length"] == 0  # fixed params come from the study attribute
     assert rows[1]["lora_r"] == 4 and rows[1]["template_text"] == "tmpl B"
+    assert [r["kind"] for r in rows] == ["head", "lora", "lora"]  # the trial's adapters
 
 
 def test_csv_has_every_column_and_no_temp_file(tmp_path) -> None:
@@ -66,7 +67,7 @@ def test_csv_has_every_column_and_no_temp_file(tmp_path) -> None:
     with path.open() as f:
         back = list(csv.DictReader(f))
     assert list(back[0]) == columns()
-    assert columns()[5:9] == ["verbalizer", "prompt_length", "lora_r", "learning_rate"]
+    assert columns()[5:10] == ["verbalizer", "kind", "prompt_length", "lora_r", "learning_rate"]
     assert [int(r["trial"]) for r in back] == [0, 1, 3]
     assert sorted(p.name for p in path.parent.iterdir()) == ["pareto.csv"]
 

@@ -353,7 +353,7 @@ def test_a_searched_method_is_a_conditional_space_and_coverage_spans_the_methods
             "prompt_length": 0,
             "learning_rate": 1e-2,
         },
-        study={"n_trials": 6, "seed": 0, "pruner": "none", "coverage": True},
+        study={"n_trials": 8, "seed": 0, "pruner": "none", "coverage": True},
     )
     space = load_space(path)
     configs = coverage_configs(space)
@@ -361,6 +361,7 @@ def test_a_searched_method_is_a_conditional_space_and_coverage_spans_the_methods
         ("lora", 2),
         ("lora", 4),
         ("ia3", None),
+        ("none", None),  # the head alone: lora_r has no 0 to stand for it
     ]
     assert configs[2]["ia3_learning_rate"] == pytest.approx(math.sqrt(1e-2 * 1e-1))
     run_study(space, show_progress=False)
@@ -379,6 +380,6 @@ def test_a_searched_method_is_a_conditional_space_and_coverage_spans_the_methods
         else:
             assert asked == set()
     methods = [t.params["adapter"] for t in trials]
-    assert methods[:3] == ["lora", "lora", "ia3"] and len(set(methods)) >= 2
+    assert methods[:4] == ["lora", "lora", "ia3", "none"]  # coverage: half the budget
     ia3 = next(t for t in trials if t.params["adapter"] == "ia3")
     assert ia3.values[1] == 2 * 5 * 16 + 34  # IA3 vectors (see test_packed) + the head

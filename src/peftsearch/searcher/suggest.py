@@ -124,12 +124,16 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
         if lengths is not None:
             config["prompt_length"] = k
         out.append(config)
-    # every other searched method once, at the smallest prompt (IA3 alone)
+    # every other searched method once, at the smallest prompt (IA3 alone); `none` (when
+    # LoRA's ranks have no 0 to stand for it): the head alone and a soft prompt alone
     for method in methods or []:
-        if method not in ("lora", "none"):
+        if method == "lora" or any(c.get("adapter") == method for c in out):
+            continue
+        ks = [k_min] + ([nonzero_k[len(nonzero_k) // 2]] if method == "none" and nonzero_k else [])
+        for k in dict.fromkeys(ks):
             other: dict[str, Any] = {**rates, "adapter": method}
             if lengths is not None:
-                other["prompt_length"] = k_min
+                other["prompt_length"] = k
             out.append(other)
     for i, config in enumerate(out):
         if len(templates) > 1:  # in turn
