@@ -4,6 +4,7 @@ how to load it with plain transformers + peft (and with the shipped ``load.py``)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 # The layout of an adapter kind this card has no words for (one registered later): load.py
@@ -75,63 +76,66 @@ def _config_class(kind: str) -> str:
     return str(inner.config_class) if inner is not None and inner.config_class else "LoraConfig"
 
 
-def _layout(kind: str) -> str:
-    """What a classifier's saved directory holds, for its ``kind``."""
+def _describe(
+    kind: str, head: str, prompt: str, alone: Callable[[Any], str], both: Callable[[Any], str]
+) -> str:
+    """The layout sentence of ``kind``: ``head`` (no adapter), ``prompt`` (the soft prompt
+    alone), ``alone(adapter)`` (one adapter at the top) or ``both(adapter)`` (it beneath the
+    soft prompt); any other shape: what load.py reads."""
     if kind == "head":
-        return (
-            "a whole transformers model (`config.json`, `model.safetensors`): the base with "
-            "its trained classification head; a linear probe has no adapter."
-        )
+        return head
     split = _split(kind)
     if split is None:
         return _OTHER_LAYOUT
     outer, inner = split
     if inner is None:
-        return (
-            "a peft prompt-tuning adapter (`adapter_config.json`, `adapter_model.safetensors`): "
-            "the soft prompt and, as `modules_to_save`, the trained classification head."
-        )
-    if outer is None:
-        return (
-            f"a peft {inner.label} adapter (`adapter_config.json`, `adapter_model.safetensors`); "
-            "the trained classification head is in it as `modules_to_save`."
-        )
-    return (
-        f"two peft adapters. peft has no single config for {inner.label} and a soft prompt "
-        f"together; training injected {inner.label} into the base (`inject_adapter_in_model`) "
-        "and wrapped that with a prompt-tuning `PeftModel`. So the top directory is the outer "
-        "prompt-tuning adapter (`adapter_config.json`, `adapter_model.safetensors`: soft prompt "
-        f"+ trained head), and `{inner.name}/` the {inner.label} beneath it "
-        f"(`adapter_config.json`: its `{inner.config_class}`; `adapter_model.safetensors`: "
-        "`get_peft_model_state_dict` of the injected model)."
+        return prompt
+    return alone(inner) if outer is None else both(inner)
+
+
+def _layout(kind: str) -> str:
+    """What a classifier's saved directory holds, for its ``kind``."""
+    return _describe(
+        kind,
+        "a whole transformers model (`config.json`, `model.safetensors`): the base with "
+        "its trained classification head; a linear probe has no adapter.",
+        "a peft prompt-tuning adapter (`adapter_config.json`, `adapter_model.safetensors`): "
+        "the soft prompt and, as `modules_to_save`, the trained classification head.",
+        lambda a: (
+            f"a peft {a.label} adapter (`adapter_config.json`, "
+            "`adapter_model.safetensors`); the trained classification head is in it as "
+            "`modules_to_save`."
+        ),
+        lambda a: (
+            f"two peft adapters. peft has no single config for {a.label} and a soft "
+            f"prompt together; training injected {a.label} into the base "
+            "(`inject_adapter_in_model`) and wrapped that with a prompt-tuning `PeftModel`. So the "
+            "top directory is the outer prompt-tuning adapter (`adapter_config.json`, "
+            "`adapter_model.safetensors`: soft prompt + trained head), and "
+            f"`{a.name}/` the {a.label} beneath it (`adapter_config.json`: its "
+            f"`{a.config_class}`; `adapter_model.safetensors`: `get_peft_model_state_dict` of the "
+            "injected model)."
+        ),
     )
 
 
 def _layout_verbalizer(kind: str, task: str) -> str:
     """What a verbalizer's saved directory holds, for its ``kind``."""
-    if kind == "head":
-        return (
-            "no adapter: the base LM untrained, with the template and verbalizer below "
-            "(the zero-shot model; nothing was trained)."
-        )
-    split = _split(kind)
-    if split is None:
-        return _OTHER_LAYOUT
-    outer, inner = split
-    if inner is None:
-        return (
-            "a peft prompt-tuning adapter (`adapter_config.json` with task type "
-            f"{task}, `adapter_model.safetensors`: the soft prompt)."
-        )
-    if outer is None:
-        return (
-            f"a peft {inner.label} adapter (`adapter_config.json` with task type {task}, "
+    return _describe(
+        kind,
+        "no adapter: the base LM untrained, with the template and verbalizer below "
+        "(the zero-shot model; nothing was trained).",
+        "a peft prompt-tuning adapter (`adapter_config.json` with task type "
+        f"{task}, `adapter_model.safetensors`: the soft prompt).",
+        lambda a: (
+            f"a peft {a.label} adapter (`adapter_config.json` with task type {task}, "
             "`adapter_model.safetensors`)."
-        )
-    return (
-        "two peft adapters (peft has no single config for both): the top directory is the "
-        f"prompt-tuning adapter (the soft prompt), `{inner.name}/` the {inner.label} injected "
-        "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt)."
+        ),
+        lambda a: (
+            "two peft adapters (peft has no single config for both): the top directory "
+            f"is the prompt-tuning adapter (the soft prompt), `{a.name}/` the {a.label} injected "
+            "beneath it (`inject_adapter_in_model`, then `get_peft_model` adds the prompt)."
+        ),
     )
 
 
