@@ -46,7 +46,7 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
                 "template": params.get("template"),
                 "verbalizer": params.get("verbalizer"),  # model.head verbalizer only
                 "kind": adapters.kind_of(params),
-                **{name: params.get(name) for name in adapters.size_params()},
+                **adapters.sizes(params),
                 "learning_rate": params.get("learning_rate"),
                 "train_seconds": t.user_attrs.get("train_seconds"),
                 "template_text": t.user_attrs.get("template_text"),

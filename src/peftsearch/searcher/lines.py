@@ -65,16 +65,10 @@ def _summary(params: dict[str, Any]) -> str:
         lrs = [rate("learning_rate")]  # one rate for every part (spaces before issue 11)
     verbalizer = f" x {params['verbalizer']}" if params.get("verbalizer") else ""
     method = params.get("adapter", "lora")  # the weight adapter (`adapter`)
-    by_size = {a.size_param: a for a in adapters.ADAPTERS.values() if a.size_param}
     # each adapter's size, but not another method's (the lora_r of an IA3 trial means nothing);
     # a method without a size by its name
-    chosen = adapters.ADAPTERS.get(method)
-    mine = {method, chosen.shares if chosen is not None else None}  # DoRA shows LoRA's rank
-    shown = [
-        f"{a.short or a.name} {params.get(n)}"
-        for n in adapters.size_params()
-        if not ((a := by_size[n]).method and a.name not in mine)
-    ]
+    short = {a.size_param: a.short or a.name for a in adapters.ADAPTERS.values() if a.size_param}
+    shown = [f"{short[n]} {v}" for n, v in adapters.sizes(params).items() if v is not None]
     shown += [
         a.short or a.name
         for a in adapters.ADAPTERS.values()

@@ -92,6 +92,18 @@ def part_of(parameter_name: str) -> str:
     return "head"
 
 
+def sizes(params: dict[str, Any]) -> dict[str, Any]:
+    """Each size parameter (:func:`size_params`) with the trial's value, None where it means
+    nothing: another method's (the ``lora_r`` of an IA3 trial or of ``adapter: none``)."""
+    chosen = ADAPTERS.get(str(params.get("adapter", "lora")))
+    mine = {params.get("adapter", "lora"), chosen.shares if chosen is not None else None}
+    out = {}
+    for name in size_params():
+        owner = next(a for a in ADAPTERS.values() if a.size_param == name)
+        out[name] = None if owner.method and owner.name not in mine else params.get(name)
+    return out
+
+
 def methods_of(parameter: str) -> set[str] | None:
     """The methods (adapters chosen by ``adapter``) that take ``parameter`` (``lora_r``: LoRA
     and DoRA, which shares LoRA's), or None: a generic parameter, or the soft prompt's or
@@ -181,5 +193,6 @@ __all__ = [
     "rates",
     "register",
     "size_params",
+    "sizes",
     "used",
 ]

@@ -60,7 +60,7 @@ def pareto_info(study: optuna.Study) -> ParetoInfo:
                 params=params,
                 pct=pct,
                 template=str(config.get("template")),
-                sizes={name: config.get(name) for name in adapters.size_params()},
+                sizes=adapters.sizes(config),
                 learning_rate=config.get("learning_rate"),
                 config=config,
                 dominated=t.number not in front_numbers,

@@ -147,7 +147,7 @@ def _stopped_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> StoppedT
     return StoppedTrial(
         trial=t.number,
         template=None if template is None else str(template),
-        sizes={name: config.get(name) for name in adapters.size_params()},
+        sizes=adapters.sizes(config),
         learning_rate=config.get("learning_rate"),
         params=common.as_int(t.user_attrs.get("trainable_params")),
         rung=rung if rung is not None else (here.rung if here else None),
