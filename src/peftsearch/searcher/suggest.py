@@ -45,11 +45,7 @@ def _searched(spec: Any) -> bool:
 
 def fixed_params(space: Space) -> dict[str, Any]:
     """The entries that are not searched (stored once on the study)."""
-    return {
-        n: s
-        for n, s in space.search_params().items()
-        if not isinstance(s, FloatDist | IntDist | CategoricalDist)
-    }
+    return {n: s for n, s in space.search_params().items() if not _searched(s)}
 
 
 def _values(spec: Any) -> list[Any] | None:

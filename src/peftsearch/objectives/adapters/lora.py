@@ -40,15 +40,18 @@ TARGET_SETS: dict[str, str | None] = {
 }
 
 
-def peft_targets(value: Any) -> Any:
-    """``target_modules`` as peft takes it: a named set resolved (also as a one-item list:
-    a searched choice is stored comma-joined and read back as a list), anything else as
-    given."""
+def target_set(value: Any) -> str | None:
+    """The named set ``target_modules`` names, if any (also as a one-item list: a searched
+    choice is stored comma-joined and read back as a list)."""
     if isinstance(value, list | tuple) and len(value) == 1:
-        value = value[0] if value[0] in TARGET_SETS else value
-    if isinstance(value, str) and value in TARGET_SETS:
-        return TARGET_SETS[value]
-    return value
+        value = value[0]
+    return value if isinstance(value, str) and value in TARGET_SETS else None
+
+
+def peft_targets(value: Any) -> Any:
+    """``target_modules`` as peft takes it: a named set resolved, anything else as given."""
+    named = target_set(value)
+    return TARGET_SETS[named] if named is not None else value
 
 
 @dataclass
@@ -110,9 +113,8 @@ class LoRA(Adapter):
             out += " (rsLoRA: alpha / sqrt(r))"
         if float(params.get("loraplus_lr_ratio", 1.0)) != 1.0:
             out += f", LoRA+ ratio {params['loraplus_lr_ratio']}"
-        targets = params.get("target_modules")
-        named = targets[0] if isinstance(targets, list) and len(targets) == 1 else targets
-        if isinstance(named, str) and named in TARGET_SETS:
+        named = target_set(params.get("target_modules"))
+        if named is not None:
             out += f", on {named}"
         return out
 
