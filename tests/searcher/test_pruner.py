@@ -383,3 +383,44 @@ def test_a_searched_method_is_a_conditional_space_and_coverage_spans_the_methods
     assert methods[:4] == ["lora", "lora", "ia3", "none"]  # coverage: half the budget
     ia3 = next(t for t in trials if t.params["adapter"] == "ia3")
     assert ia3.values[1] == 2 * 5 * 16 + 34  # IA3 vectors (see test_packed) + the head
+
+
+def test_coverage_spans_the_placements_and_rank_0_asks_none(
+    tmp_path: Path, tiny_model: Path, sentiment_csv: Path, one_thread
+) -> None:
+    """`target_modules` searched beside `lora_r` with a 0: the coverage trials put the
+    smallest rank on the first placement and the largest on the last; a rank-0 trial (no LoRA)
+    is not asked where LoRA goes; TPE groups the conditional parameters."""
+    path = write_space_file(
+        tmp_path,
+        tiny_model,
+        sentiment_csv,
+        params={
+            "template": "plain",
+            "lora_r": {"type": "categorical", "choices": [0, 1, 2, 4]},
+            "target_modules": {"type": "categorical", "choices": ["default", "all-linear"]},
+            "prompt_length": 0,
+            "learning_rate": 1e-2,
+        },
+        study={"n_trials": 6, "seed": 0, "pruner": "none", "coverage": True},
+    )
+    space = load_space(path)
+    configs = coverage_configs(space)
+    assert [(c["lora_r"], c.get("target_modules")) for c in configs] == [
+        (1, "default"),
+        (4, "all-linear"),
+        (0, None),  # the head alone: nothing to place
+    ]
+    from peftsearch.searcher import make_sampler
+    from peftsearch.searcher.suggest import conditional
+
+    assert conditional(space) and make_sampler(space)._group
+    fixed_r = load_space(path, {"params.lora_r": 2})
+    assert not conditional(fixed_r) and coverage_configs(fixed_r) == []
+    run_study(space, show_progress=False)
+    trials = [t for t in open_study(space, create=False).trials if t.values]
+    assert all(("target_modules" in t.params) == (t.params["lora_r"] > 0) for t in trials)
+    size = {(t.params["lora_r"], t.params.get("target_modules")): t.values[1] for t in trials}
+    # all-linear adapts more layers than query/value: more than 4x r 1's LoRA parameters
+    head = size[(0, None)]
+    assert size[(4, "all-linear")] - head > 4 * (size[(1, "default")] - head)

@@ -663,10 +663,11 @@ def test_example_loads_and_search_params_fill_defaults() -> None:
     for name, spec in DEFAULT_PARAMS["classifier"].items():
         assert params[name] == spec
     assert params["lora_r"].choices == [0, 1, 4, 16]
+    assert params["target_modules"].choices == ["default", "all-linear"]
     assert space.study.pruner.type == "moasha" and space.study.pruner.rungs() == [0.5]
     assert space.study.coverage is True
     # Neither in the file nor in the default space: the rule defaults.
-    for name in ("lora_dropout", "target_modules", "max_steps", "weight_decay", "lora_alpha"):
+    for name in ("lora_dropout", "max_steps", "weight_decay", "lora_alpha"):
         assert params[name] == RULES[name].default
 
 

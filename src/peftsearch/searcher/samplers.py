@@ -13,16 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from peftsearch.errors import SpaceError
+from peftsearch.searcher.suggest import conditional
 from peftsearch.spaces import CategoricalDist, FloatDist, IntDist, Space
 
 
 def _tpe(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:
     import optuna
 
-    # A searched `adapter` makes the space conditional (each method asks its own parameters):
-    # `group` lets multivariate TPE model each method's parameters together, apart from the
-    # trials that never asked them (optuna's advice for define-by-run spaces).
-    group = isinstance(space.search_params().get("adapter"), CategoricalDist)
+    # A conditional space (a searched `adapter`: each method asks its own parameters; a
+    # searched `target_modules` beside rank 0): `group` lets multivariate TPE model the
+    # parameters asked together, apart from the trials that never asked them (optuna's advice
+    # for define-by-run spaces).
+    group = conditional(space)
     return optuna.samplers.TPESampler(
         **{
             "multivariate": True,

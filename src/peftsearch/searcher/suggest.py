@@ -13,17 +13,17 @@ def suggest(trial: Any, space: Space) -> TrialConfig:
     """Ask ``trial`` for every distribution of ``space``, in the order of the parameters'
     registration; fixed entries pass through. A searched parameter of a method (an adapter
     chosen by ``adapter``: ``lora_r``, ``use_rslora``, ``ia3_learning_rate``) is asked only in
-    the trials of that method (Optuna's define-by-run conditional space); the others keep it
-    at its default.
+    the trials of that method, and a method's option (``target_modules``) only where its size
+    (``lora_r``) is not 0 (Optuna's define-by-run conditional space); the others keep it at
+    its default.
 
     Returns the trial's :class:`~peftsearch.objectives.trial.TrialConfig`: every parameter a
     trial needs, concrete values only.
     """
     params: dict[str, Any] = {}
     for name, spec in space.search_params().items():
-        methods = adapters.methods_of(name)
-        if methods is not None and _searched(spec) and params.get("adapter", "lora") not in methods:
-            continue  # define-by-run: another method's parameter (lora_r of an IA3 trial)
+        if _searched(spec) and _idle(name, params):
+            continue  # define-by-run: lora_r of an IA3 trial, target_modules at rank 0
         if isinstance(spec, FloatDist):
             value: Any = trial.suggest_float(
                 name, spec.low, spec.high, log=spec.log, step=spec.step
@@ -37,6 +37,30 @@ def suggest(trial: Any, space: Space) -> TrialConfig:
             value = spec
         params[name] = value
     return TrialConfig.from_values(params)
+
+
+def _idle(name: str, params: dict[str, Any]) -> bool:
+    """Whether parameter ``name`` means nothing in a trial of ``params`` (so far): another
+    method's parameter, or an option of a method whose size is 0 (LoRA at rank 0 has nowhere
+    to put ``target_modules``)."""
+    methods = adapters.methods_of(name)
+    if methods is not None and params.get("adapter", "lora") not in methods:
+        return True
+    size = adapters.size_of(name)
+    return size is not None and size in params and int(params[size]) == 0
+
+
+def conditional(space: Space) -> bool:
+    """Whether :func:`suggest` asks some searched parameter in only some trials: ``adapter``
+    is searched, or a method's size can be 0 while one of its options is searched."""
+    searched = {n: s for n, s in space.search_params().items() if _searched(s)}
+    if "adapter" in searched:
+        return True
+    for name in searched:
+        size = adapters.size_of(name)
+        if size is not None and 0 in (_values(searched.get(size)) or []):
+            return True
+    return False
 
 
 def _searched(spec: Any) -> bool:
@@ -75,7 +99,10 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
     nothing under 19k parameters: issue 11): the smallest and the largest LoRA rank (and
     middle ranks until each template has a LoRA trial), the head alone (``lora_r`` 0,
     ``prompt_length`` 0), a soft prompt alone (its middle length), and with ``adapter``
-    searched, each other method once (IA3 alone).
+    searched, each other method once (IA3 alone). A searched placement (``target_modules``)
+    spans the same axis: the smallest rank goes on its first choice, the largest rank on its
+    last, the middle ranks on the choices in turn (so list placements from smallest to
+    largest, as the default space does: ``default``, ``all-linear``).
     Only the classes the space can express, each once; learning rates at the middle of their
     (log) ranges, templates in turn; every other searched parameter is left to the sampler."""
     searched = space.search_params()
@@ -107,9 +134,12 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
         if name.endswith("learning_rate") and isinstance(spec, FloatDist)
     }
     methods = _methods(searched.get("adapter"))
+    places = _placements(searched, "lora_r", loras)
     out: list[dict[str, Any]] = []
     for r, k in dict.fromkeys(wanted):
         config: dict[str, Any] = dict(rates)
+        if r in places:
+            config[adapters.placements()["lora_r"]] = places[r]
         if methods is not None:  # LoRA's trials are `adapter: lora`; no LoRA: `none`
             method = "lora" if r > 0 else ("none" if "none" in methods else "lora")
             if method not in methods:
@@ -134,6 +164,23 @@ def coverage_configs(space: Space) -> list[dict[str, Any]]:
     for i, config in enumerate(out):
         if len(templates) > 1:  # in turn
             config["template"] = templates[i % len(templates)]
+    return out
+
+
+def _placements(searched: dict[str, Any], size: str, ranks: list[int]) -> dict[int, Any]:
+    """Where each coverage rank goes when the placement of the method sized by ``size`` is
+    searched (``{1: "default", 16: "all-linear", 4: "default"}``; ``ranks`` are smallest,
+    largest, then the middle ones); ``{}`` when it is not searched."""
+    name = adapters.placements().get(size)
+    spec = searched.get(name) if name else None
+    if not isinstance(spec, CategoricalDist) or not ranks:
+        return {}
+    choices = [",".join(c) if isinstance(c, list) else c for c in spec.choices]
+    out = {ranks[0]: choices[0]}
+    if len(ranks) > 1:
+        out[ranks[1]] = choices[-1]
+    for i, r in enumerate(ranks[2:]):
+        out[r] = choices[i % len(choices)]
     return out
 
 

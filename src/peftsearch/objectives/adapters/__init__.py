@@ -114,6 +114,26 @@ def methods_of(parameter: str) -> set[str] | None:
     return None
 
 
+def size_of(parameter: str) -> str | None:
+    """The size parameter of the method that takes ``parameter`` as an option (``lora_r`` for
+    ``target_modules`` or ``use_rslora``): a trial whose size is 0 has nothing for the option
+    to act on. None: a size parameter itself, or not a method's option."""
+    for a in ADAPTERS.values():
+        if a.method and parameter in a.rules and a.size_param not in (None, parameter):
+            return a.size_param
+    return None
+
+
+def placements() -> dict[str, str]:
+    """Each method's size parameter -> its placement parameter (``lora_r`` ->
+    ``target_modules``), for the methods that have both."""
+    return {
+        a.size_param: a.placement
+        for a in ADAPTERS.values()
+        if a.method and a.size_param and a.placement
+    }
+
+
 def field_part(field: str) -> str:
     """The learning-rate part of a stack field (``lora.<layer>.A``: its adapter's, by the
     name's head)."""

@@ -48,6 +48,8 @@ class Adapter:
         shares: the method whose parameters it takes too (DoRA takes LoRA's).
         outer: its peft config wraps the model (prompt learning); the others are injected
             beneath it and saved in a sub-directory named after them.
+        placement: the parameter that says where it goes (LoRA's ``target_modules``), if
+            searched choices of it should be spanned by a new study's coverage trials.
     """
 
     name: ClassVar[str] = ""
@@ -62,6 +64,7 @@ class Adapter:
     method: ClassVar[bool] = False
     shares: ClassVar[str | None] = None
     outer: ClassVar[bool] = False
+    placement: ClassVar[str | None] = None
 
     # -- the trial ------------------------------------------------------------------------------
 
