@@ -106,7 +106,8 @@ def test_a_toy_adapter_is_searched_pruned_reported_exported_and_trained(
     report = (space.output_dir / "report.html").read_text(encoding="utf-8")
     assert "<th>prompt_length</th><th>lora_r</th><th>bitfit</th>" in report
     csv = (space.output_dir / "pareto.csv").read_text(encoding="utf-8").splitlines()
-    assert "prompt_length,lora_r,bitfit,learning_rate" in csv[0]
+    assert "prompt_length,lora_r,bitfit,target_modules," in csv[0]
+    assert csv[0].endswith(",lr_bitfit,train_seconds,template_text")  # its own rate column
     exported = export_trial(study, alone.number, tmp_path / "export")
     provenance = json.loads((exported / "export.json").read_text(encoding="utf-8"))
     assert provenance["kind"] == "bitfit"

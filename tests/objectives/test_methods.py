@@ -60,3 +60,22 @@ def test_the_line_printed_per_trial_names_the_method() -> None:
     assert lora.startswith("t | prompt 0 | r 4 | lr lora 1.00e-03")
     assert ia3 == "t | prompt 0 | ia3 | lr head 5.00e-02, ia3 2.00e-02"  # no LoRA rank
     assert dora.startswith("t | prompt 0 | r 2 | dora | lr") and "dora 1.00e-03" in dora
+    # where the method goes, when not peft's default targets
+    wide = _summary(TrialConfig.from_values({**base, "lora_r": 4, "target_modules": "all-linear"}))
+    assert wide.startswith("t | prompt 0 | r 4 | all-linear | lr lora")
+    assert "default" not in _summary(TrialConfig.from_values({**base, "target_modules": "default"}))
+
+
+def test_method_of_names_the_method_and_where_it_goes() -> None:
+    def of(**values: object) -> str:
+        return adapters.method_of(TrialConfig.from_values(values))
+
+    assert of(lora_r=4) == of(lora_r=4, target_modules="default") == "lora"
+    assert of(lora_r=4, target_modules="all-linear") == "lora all-linear"
+    assert of(adapter="dora", lora_r=2, target_modules="query,key") == "dora query+key"
+    assert of(adapter="ia3") == "ia3"
+    assert of(lora_r=0) == of(adapter="none", lora_r=4) == "none"
+    wide = TrialConfig.from_values({"lora_r": 4, "target_modules": "all-linear"})
+    assert adapters.places(wide) == {"target_modules": "all-linear"}
+    assert adapters.places(TrialConfig.from_values({"adapter": "ia3"})) == {}
+    assert adapters.shape_params() == ["adapter", "prompt_length", "lora_r", "target_modules"]

@@ -115,7 +115,9 @@ def test_every_complete_trial_is_a_point_with_its_dominated_flag() -> None:
     assert [p.dominated for p in info.points] == [False, False, True, False, True]
     assert [(p.metric, p.params, p.template) for p in info.points] == POINTS
     b = info.points[1]
-    assert b.pct == 5.0 and b.sizes["lora_r"] == 4 and b.learning_rate == 1e-3
+    assert b.pct == 5.0 and b.sizes["lora_r"] == 4 and b.method == "lora"
+    assert b.rates == {"lora": 1e-3, "head": 1e-3}  # the head follows learning_rate
+    assert info.points[0].method == "none" and info.points[0].rates == {"head": 1e-3}
     assert b.sizes["prompt_length"] == 0  # a fixed parameter, from the study's fixed_params
     expected = {
         "template": "review",
@@ -170,6 +172,45 @@ def test_template_metrics_group_trials_in_search_space_order() -> None:
     assert groups[0].text == "review: {text}"
 
 
+def test_method_metrics_group_trials_by_method_and_placement() -> None:
+    """The per-method twin of the per-template view: LoRA by where it goes, IA3, and `none`
+    (head and/or prompt only) last; stopped trials counted apart."""
+    dists = {
+        "adapter": CategoricalDistribution(["lora", "ia3", "none"]),
+        "lora_r": CategoricalDistribution([0, 4]),
+        "target_modules": CategoricalDistribution(["default", "all-linear"]),
+    }
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rows = [
+        (0.7, 10, {"adapter": "none"}, TrialState.COMPLETE),
+        (0.8, 90, {"adapter": "lora", "lora_r": 4, "target_modules": "all-linear"}, None),
+        (0.75, 30, {"adapter": "lora", "lora_r": 4, "target_modules": "default"}, None),
+        (0.76, 20, {"adapter": "ia3"}, None),
+        (0.5, 30, {"adapter": "lora", "lora_r": 4, "target_modules": "default"}, "pruned"),
+        (0.72, 30, {"adapter": "lora", "lora_r": 0}, None),  # rank 0: no method trains
+    ]
+    for metric, size, params, state in rows:
+        d = {k: dists[k] for k in params}
+        if state == "pruned":
+            study.add_trial(create_trial(state=TrialState.PRUNED, params=params, distributions=d))
+        else:
+            study.add_trial(create_trial(values=[metric, size], params=params, distributions=d))
+    got = [(g.name, g.trials, g.stopped) for g in figures.method_metrics(study)]
+    assert got == [
+        ("lora", [2], [4]),
+        ("lora all-linear", [1], []),
+        ("ia3", [3], []),
+        ("none", [0, 5], []),
+    ]
+    assert [p.method for p in figures.pareto_info(study).points] == [
+        "none",
+        "lora all-linear",
+        "lora",
+        "ia3",
+        "none",
+    ]
+
+
 def _factorial_study() -> optuna.Study:
     """27 trials: the metric is high only with template nli, and low only with lr 1e-4;
     trainable parameters follow lora_r alone."""
@@ -189,11 +230,14 @@ def test_importances_per_objective_name_the_deciding_parameter() -> None:
     metric, params = figures.importances(_factorial_study())
     assert metric.objective == "accuracy (maximized)"
     assert params.objective == "trainable parameters (minimized)"
-    for imp in (metric, params):
-        assert set(imp.values) == {"template", "lora_r", "learning_rate"}
-        assert math.isclose(sum(imp.values.values()), 1.0)
-        assert list(imp.values.values()) == sorted(imp.values.values(), reverse=True)
-        assert imp.note == ""  # 27 trials: no small-study caveat
+    assert set(metric.values) == {"template", "lora_r", "learning_rate"}
+    assert math.isclose(sum(metric.values.values()), 1.0)
+    assert list(metric.values.values()) == sorted(metric.values.values(), reverse=True)
+    assert metric.note == ""  # 27 trials: no small-study caveat
+    # The count is set by the adapter's size alone: the template and the rate, which cannot
+    # change it, are not ranked for it (PED-ANOVA ranked a rate first on the demo).
+    assert params.values == {"lora_r": 1.0}
+    assert params.note.startswith("only the parameters that set the count (lora_r)")
     # The metric is maximized: reaching its *top* takes template nli. (Taken as "lower is
     # better", as PED-ANOVA does by default, it would name learning_rate instead.)
     assert next(iter(metric.values)) == "template" and metric.values["template"] > 0.9
@@ -208,8 +252,9 @@ def test_importances_explain_why_they_are_empty() -> None:
     same_metric = _study([(0.5, 100, "plain"), (0.5, 9_000, "review")])
     metric, params = figures.importances(same_metric)
     assert metric.values == {} and "same value (0.5)" in metric.note
-    assert set(params.values) == {"template", "lora_r"}  # learning_rate never varied
+    assert set(params.values) == {"lora_r"}  # what sets the count (learning_rate never varied)
     assert "rough hint" in params.note
+    assert set(metric.values) == set()
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for m in (0.1, 0.2):

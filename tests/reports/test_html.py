@@ -26,6 +26,8 @@ FIGURES = [
     "fig-pareto",
     "fig-templates",
     "fig-distribution",
+    "fig-methods",
+    "fig-distribution-methods",
     "fig-importance-0",
     "fig-importance-1",
     "fig-history",
@@ -138,6 +140,34 @@ def test_pareto_figure_has_one_point_per_complete_trial(report: str) -> None:
     assert [a["text"] for a in notes] == [f"knee: trial {knee['customdata'][0]}"]
     hover = dominated["hovertext"][0]
     assert "trial 1" in hover and "0.400% of base" in hover and "learning_rate: 0.001" in hover
+
+
+def test_the_front_marks_methods_and_the_per_method_twin_groups_them(
+    report: str, tmp_path: Path
+) -> None:
+    fig = figure(report, "fig-pareto")
+    for t in (t for t in fig["data"] if t.get("meta") == "trials"):
+        lora_r = {n: [0, 4, 8][n % 3] for n in t["customdata"]}
+        want = ["circle" if lora_r[n] else "triangle-up" for n in t["customdata"]]
+        assert t["marker"]["symbol"] == want  # rank 0 trains the head alone
+    legend = [t["name"] for t in fig["data"] if t.get("meta") == "method"]
+    assert legend == ["lora", "none (head / prompt only)"]
+    methods = figure(report, "fig-methods")
+    assert {t["name"]: sorted(t["customdata"]) for t in methods["data"]} == {
+        "lora": [1, 2, 4, 5],
+        "none": [0, 3],
+    }
+    table = re.search(r'<table id="method-evidence">(.*?)</table>', report, re.S)
+    assert table and "<td>lora</td>" in table.group(1) and "<td>none</td>" in table.group(1)
+    assert "lora 1.0e-03, head 1.0e-03" in report  # the Pareto table's rates
+    # One method: no twin, no method legend.
+    one = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"lora_r": CategoricalDistribution([4, 8])}
+    for r, v in ((4, [0.7, 100]), (8, [0.8, 200])):
+        one.add_trial(create_trial(values=v, params={"lora_r": r}, distributions=dist))
+    page = write_report(one, tmp_path / "one.html").read_text(encoding="utf-8")
+    assert "fig-methods" not in page and "method-evidence" not in page
+    assert not [t for t in figure(page, "fig-pareto")["data"] if t.get("meta") == "method"]
 
 
 def test_every_section_and_figure_is_there(report: str) -> None:
@@ -293,6 +323,9 @@ def _rows(page: str, table_id: str) -> list[list[str]]:
     return [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
 
 
+RATES = "lora 1.0e-03, prompt 1.0e-03, head 1.0e-03"  # each adapter the trial trained
+
+
 def test_stopped_trials_table_has_the_rung_step_score_and_peers(halving: str) -> None:
     assert (
         '<p class="note" id="pruning-note">2 trials were stopped early by successive halving; '
@@ -300,10 +333,10 @@ def test_stopped_trials_table_has_the_rung_step_score_and_peers(halving: str) ->
         "stopped configuration and was not trained.</p>"
     ) in halving
     assert _rows(halving, "stopped-table") == [
-        ["1 (coverage)", "review", "4", "4", "0.001", "5,000", "0", "25 of 100", "0.3000",
+        ["1 (coverage)", "review", "4", "4", RATES, "5,000", "0", "25 of 100", "0.3000",
          "1 trial", "rung 0 @ step 25: 0.3000 (vs 1) – stopped"],
         [
-            "3", EVIL_ESCAPED, "4", "8", "0.001", "70,000", "1", "60 of 80", "0.6200", "2 trials",
+            "3", EVIL_ESCAPED, "4", "8", RATES, "70,000", "1", "60 of 80", "0.6200", "2 trials",
             "rung 0 @ step 20: 0.6000 (vs 2)<br>rung 1 @ step 60: 0.6200 (vs 2) – stopped",
         ],
     ]  # fmt: skip

@@ -58,6 +58,13 @@ def test_rows_are_the_front_sorted_by_params() -> None:
     assert rows[0]["prompt_length"] == 0  # fixed params come from the study attribute
     assert rows[1]["lora_r"] == 4 and rows[1]["template_text"] == "tmpl B"
     assert [r["kind"] for r in rows] == ["head", "lora", "lora"]  # the trial's adapters
+    # each trained adapter's own rate; none for LoRA in the head-only trial (it never used it)
+    assert [(r.get("lr_lora"), r.get("lr_head")) for r in rows] == [
+        (None, 1e-3),
+        (2e-3, 2e-3),
+        (4e-3, 4e-3),
+    ]
+    assert [r.get("target_modules") for r in rows] == [None, "default", "default"]
 
 
 def test_csv_has_every_column_and_no_temp_file(tmp_path) -> None:
@@ -67,7 +74,9 @@ def test_csv_has_every_column_and_no_temp_file(tmp_path) -> None:
     with path.open() as f:
         back = list(csv.DictReader(f))
     assert list(back[0]) == columns()
-    assert columns()[5:10] == ["verbalizer", "kind", "prompt_length", "lora_r", "learning_rate"]
+    assert columns()[5:10] == ["verbalizer", "kind", "prompt_length", "lora_r", "target_modules"]
+    assert {"lr_lora", "lr_head", "lr_prompt", "lr_ia3", "lr_dora"} <= set(columns())
+    assert [r["lr_lora"] for r in back] == ["", "0.002", "0.004"]
     assert [int(r["trial"]) for r in back] == [0, 1, 3]
     assert sorted(p.name for p in path.parent.iterdir()) == ["pareto.csv"]
 
@@ -80,3 +89,4 @@ def test_table_shows_user_text_literally() -> None:
     text = console.export_text()
     assert "[b]bold[/b]" in text  # rich markup in a template name is not interpreted
     assert "70,000" in text and "0.8000" in text
+    assert "lora 2.0e-03, head 2.0e-03" in text and "head 1.0e-03" in text

@@ -44,7 +44,12 @@ from peftsearch.reports.data.pruning import (
     pruning_info,
     step_curves,
 )
-from peftsearch.reports.data.templates import FEW_PER_TEMPLATE, TemplateMetrics, template_metrics
+from peftsearch.reports.data.templates import (
+    FEW_PER_TEMPLATE,
+    TemplateMetrics,
+    method_metrics,
+    template_metrics,
+)
 from peftsearch.reports.data.zero_shot import found_words, zero_shot_rows
 from peftsearch.reports.pareto import pareto_rows
 
@@ -84,6 +89,7 @@ __all__ = [
     "step_curves",
     "summary",
     "template_metrics",
+    "method_metrics",
     "zero_shot_rows",
 ]
 
@@ -108,6 +114,7 @@ class ReportData:
     steps_history: StepsHistory = field(default_factory=lambda: StepsHistory([], [], (0.0, 1.0)))
     confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.Confirmed
     full_confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.FullConfirmed
+    methods: list[TemplateMetrics] = field(default_factory=list)  # method_metrics
 
 
 def compute_report(study: optuna.Study) -> ReportData:
@@ -123,6 +130,7 @@ def compute_report(study: optuna.Study) -> ReportData:
         summary=summary(study),
         pareto=pareto_info(study),
         templates=template_metrics(study),
+        methods=method_metrics(study),
         importances=importances(study),
         history=history(study),
         curves=loss_curves(study),

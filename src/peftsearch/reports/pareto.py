@@ -12,9 +12,10 @@ from peftsearch.reports.trials import front_trials
 
 
 def columns() -> list[str]:
-    """The CSV's columns: the trial's kind (its adapters: ``lora``, ``ia3+prompt``, ``head``)
-    and each registered adapter's size (``prompt_length``, ``lora_r``, ...) between the
-    template and the learning rate."""
+    """The CSV's columns: the trial's kind (its adapters: ``lora``, ``ia3+prompt``, ``head``),
+    each registered adapter's size (``prompt_length``, ``lora_r``, ...), where the method goes
+    (``target_modules``), then one learning rate per adapter (``lr_lora``, ``lr_head``, ...:
+    empty where the trial does not train that adapter)."""
     return [
         "trial",
         "metric",
@@ -24,10 +25,21 @@ def columns() -> list[str]:
         "verbalizer",
         "kind",
         *adapters.size_params(),
-        "learning_rate",
+        *adapters.placements().values(),
+        *rate_columns(),
         "train_seconds",
         "template_text",
     ]
+
+
+def rate_columns() -> list[str]:
+    """``lr_<adapter>`` for every registered adapter, in registry order."""
+    return [f"lr_{name}" for name in adapters.ADAPTERS]
+
+
+def rates_text(rates: dict[str, float]) -> str:
+    """``lora 1.6e-03, head 5.5e-02``: each trained adapter's learning rate."""
+    return ", ".join(f"{name} {rate:.1e}" for name, rate in rates.items())
 
 
 def pareto_rows(study: Any) -> list[dict[str, Any]]:
@@ -47,13 +59,19 @@ def pareto_rows(study: Any) -> list[dict[str, Any]]:
                 "verbalizer": params.get("verbalizer"),  # model.head verbalizer only
                 "kind": adapters.kind_of(params),
                 **adapters.sizes(params),
-                "learning_rate": params.get("learning_rate"),
+                **adapters.places(params),
+                **{f"lr_{name}": rate for name, rate in adapters.trained_rates(params).items()},
                 "train_seconds": t.user_attrs.get("train_seconds"),
                 "template_text": t.user_attrs.get("template_text"),
             }
         )
     rows.sort(key=lambda r: (r["trainable_params"], -r["metric"], r["trial"]))
     return rows
+
+
+def row_rates(row: dict[str, Any]) -> dict[str, float]:
+    """A row's ``lr_<adapter>`` entries back as adapter -> rate (the trained ones)."""
+    return {col.removeprefix("lr_"): row[col] for col in rate_columns() if row.get(col) is not None}
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -79,6 +97,7 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
 
     table = Table(title=f"Pareto front: {escape(metric)} (max) vs trainable parameters (min)")
     verbalizers = any(r.get("verbalizer") is not None for r in rows)
+    places = [p for p in adapters.placements().values() if any(r.get(p) for r in rows)]
     for col, justify in [
         ("trial", "right"),
         (escape(metric), "right"),
@@ -88,7 +107,8 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
         *([("verbalizer", "left")] if verbalizers else []),
         ("kind", "left"),
         *((name, "right") for name in adapters.size_params()),
-        ("learning_rate", "right"),
+        *((name, "left") for name in places),
+        ("learning rates", "left"),
         ("train s", "right"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -103,9 +123,8 @@ def render_table(rows: list[dict[str, Any]], metric: str) -> Any:
             *([escape(str(r.get("verbalizer")))] if verbalizers else []),
             str(r.get("kind")),
             *(str(r.get(name)) for name in adapters.size_params()),
-            f"{r['learning_rate']:.2e}"
-            if isinstance(r["learning_rate"], float)
-            else str(r["learning_rate"]),
+            *(str(r.get(name) or "") for name in places),
+            rates_text(row_rates(r)),
             f"{r['train_seconds']:.1f}" if r["train_seconds"] is not None else "",
         )
     return table

@@ -74,6 +74,7 @@ def _summary(params: dict[str, Any]) -> str:
         for a in adapters.ADAPTERS.values()
         if a.method and not a.size_param and a.name == method
     ]
+    shown += [w for a in adapters.used(params) if a.method and (w := a.where(params))]
     return f"{params.get('template')}{verbalizer} | {' | '.join(shown)} | lr {', '.join(lrs)}"
 
 

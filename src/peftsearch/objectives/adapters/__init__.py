@@ -68,6 +68,34 @@ def kind_of(params: dict[str, Any]) -> str:
     return "+".join(sorted(names, key=_kind_order)) or "head"
 
 
+def method_of(params: dict[str, Any]) -> str:
+    """The weight method a trial trains and where, when that is not the default
+    (``lora``, ``lora all-linear``, ``dora attention``, ``ia3``), or ``none`` (the head and/or
+    a soft prompt only): the report's groups and the front's markers."""
+    for a in used(params):
+        if a.method:
+            where = a.where(params)
+            return f"{a.name} {where}" if where else a.name
+    return "none"
+
+
+def places(params: dict[str, Any]) -> dict[str, str]:
+    """Where a trial puts each method it trains that has a placement parameter
+    (``{"target_modules": "all-linear"}``; ``default``: peft's targets for the model type)."""
+    return {a.placement: a.where(params) or "default" for a in used(params) if a.placement}
+
+
+def trained_rates(params: dict[str, Any]) -> dict[str, float]:
+    """Each adapter a trial trains -> its peak learning rate (the rate a part with no rate of
+    its own takes is ``learning_rate``'s). The head counts only beside no verbalizer: a
+    verbalizer trial scores label words with the LM's own head and trains none."""
+    return {
+        a.name: a.rate(params)
+        for a in used(params)
+        if a.in_kind or params.get("verbalizer") is None
+    }
+
+
 def _kind_order(name: str) -> tuple[int, str]:
     # ``lora+prompt`` (the kinds' names since 0.1.0): injected adapters before the outer one.
     return (int(ADAPTERS[name].outer), name)
@@ -132,6 +160,12 @@ def placements() -> dict[str, str]:
         for a in ADAPTERS.values()
         if a.method and a.size_param and a.placement
     }
+
+
+def shape_params() -> list[str]:
+    """The parameters that can change how many parameters a trial trains: ``adapter``, each
+    adapter's size and each method's placement (learning rates and templates cannot)."""
+    return ["adapter", *size_params(), *placements().values()]
 
 
 def field_part(field: str) -> str:

@@ -76,6 +76,11 @@ class Adapter:
         """A short phrase for the export README (``LoRA r=4, alpha=16``)."""
         return self.name
 
+    def where(self, params: dict[str, Any]) -> str:
+        """Where a trial of ``params`` puts it, when that is a choice (LoRA's named target
+        set other than peft's default: ``all-linear``); "" otherwise."""
+        return ""
+
     def rate(self, params: dict[str, Any]) -> float:
         """The adapter's peak learning rate in a trial of ``params``."""
         own = params.get(self.rate_param) if self.rate_param else None

@@ -126,6 +126,15 @@ class LoRA(Adapter):
             out += f", on {named}"
         return out
 
+    def where(self, params: dict[str, Any]) -> str:
+        value = params.get("target_modules")
+        named = target_set(value)
+        if named is not None:
+            return "" if named == "default" else named
+        if isinstance(value, str):
+            value = value.split(",")
+        return "+".join(str(v) for v in value) if value else ""  # module names; null: default
+
     # LoRA+ (Hayou et al. 2024, peft's ``create_loraplus_optimizer``): B at its own rate.
     @property
     def parts(self) -> tuple[str, ...]:

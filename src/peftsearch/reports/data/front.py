@@ -23,7 +23,8 @@ class ParetoPoint(NamedTuple):
     pct: float | None  # trainable parameters as % of the base model
     template: str
     sizes: dict[str, Any]  # each adapter's size parameter (prompt_length, lora_r, ...)
-    learning_rate: Any
+    method: str  # the weight method and where (adapters.method_of: "lora all-linear", "none")
+    rates: dict[str, float]  # each adapter it trains -> its learning rate
     config: dict[str, Any]  # every parameter of the trial (searched and fixed), template text
     dominated: bool
 
@@ -61,7 +62,8 @@ def pareto_info(study: optuna.Study) -> ParetoInfo:
                 pct=pct,
                 template=str(config.get("template")),
                 sizes=adapters.sizes(config),
-                learning_rate=config.get("learning_rate"),
+                method=adapters.method_of(config),
+                rates=adapters.trained_rates(config),
                 config=config,
                 dominated=t.number not in front_numbers,
             )

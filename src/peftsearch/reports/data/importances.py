@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.data import common
 
 if TYPE_CHECKING:
@@ -27,9 +28,11 @@ def _importance_for(
     index: int,
     label: str,
     left_out: str = "",
+    only: list[str] | None = None,
 ) -> Importances:
     """``study`` holds exactly ``trials`` (the COMPLETE non-repeat ones); ``left_out`` says
-    which trials were not used ("" when none)."""
+    which trials were not used ("" when none); ``only``: the parameters that can move this
+    objective (None: every searched one)."""
     import optuna
 
     def empty(why: str) -> Importances:
@@ -47,6 +50,13 @@ def _importance_for(
         for name in {n for t in trials for n in t.params}
         if len({repr(t.params.get(name)) for t in trials}) > 1
     )
+    if only is not None:
+        varied = [n for n in varied if n in only]
+        if not varied:
+            return empty(
+                "no searched parameter that sets the count varied "
+                f"({', '.join(only)}): learning rates and templates cannot change it"
+            )
     if not varied:
         return empty("no searched parameter took more than one value")
     # PED-ANOVA (Optuna's default, and the only evaluator that needs no scikit-learn) asks
@@ -70,7 +80,14 @@ def _importance_for(
     few = ""
     if len(trials) < FEW_TRIALS:
         few = f"only {len(trials)} completed trials: a rough hint, not a ranking"
-    return Importances(label, dict(result), "; ".join(x for x in (few, left_out) if x))
+    scope = ""
+    if only is not None:
+        scope = (
+            f"only the parameters that set the count ({', '.join(varied)}); learning rates "
+            "and templates cannot change it"
+        )
+    notes = (scope, few, left_out)
+    return Importances(label, dict(result), "; ".join(x for x in notes if x))
 
 
 def _left_out(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -123,5 +140,12 @@ def importances(study: optuna.Study) -> list[Importances]:
     metric = study.user_attrs.get("metric", "metric")
     return [
         _importance_for(own, trials, 0, f"{metric} (maximized)", left_out),
-        _importance_for(own, trials, 1, "trainable parameters (minimized)", left_out),
+        _importance_for(
+            own,
+            trials,
+            1,
+            "trainable parameters (minimized)",
+            left_out,
+            only=adapters.shape_params(),
+        ),
     ]

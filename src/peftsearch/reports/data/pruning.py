@@ -37,7 +37,7 @@ class StoppedTrial(NamedTuple):
     trial: int
     template: str | None
     sizes: dict[str, Any]  # each adapter's size parameter (prompt_length, lora_r, ...)
-    learning_rate: Any
+    rates: dict[str, float]  # each adapter it trained -> its learning rate
     params: int | None  # trainable parameters
     rung: int | None  # the rung that stopped it
     step: int | None  # stopped at this training step ...
@@ -148,7 +148,7 @@ def _stopped_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> StoppedT
         trial=t.number,
         template=None if template is None else str(template),
         sizes=adapters.sizes(config),
-        learning_rate=config.get("learning_rate"),
+        rates=adapters.trained_rates(config),
         params=common.as_int(t.user_attrs.get("trainable_params")),
         rung=rung if rung is not None else (here.rung if here else None),
         step=common.as_int(at.get("step")) or common.as_int(t.user_attrs.get("train_steps")),

@@ -1,10 +1,13 @@
-"""The metric per prompt template (:func:`template_metrics`): each template's COMPLETE trials,
-those stopped early, and a note when that is too little evidence to judge it."""
+"""The metric per prompt template (:func:`template_metrics`) and per adapter method
+(:func:`method_metrics`): each group's COMPLETE trials, those stopped early, and a note when
+that is too little evidence to judge it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from peftsearch.objectives import adapters
 from peftsearch.reports.data import common
 
 if TYPE_CHECKING:
@@ -16,12 +19,20 @@ FEW_PER_TEMPLATE = 3
 
 
 class TemplateMetrics(NamedTuple):
-    template: str
-    text: str | None  # the template text (from the trials), None if not recorded
+    """One group's trials: a template's (:func:`template_metrics`) or a method's
+    (:func:`method_metrics`)."""
+
+    name: str  # the template's name, or the method label (adapters.method_of)
+    text: str | None  # the template text (from the trials), None if not recorded or a method
     trials: list[int]  # its COMPLETE trials, repeats left out
     metrics: list[float]
     stopped: list[int]  # its trials stopped early by successive halving, repeats left out
     note: str  # "too few / too short to judge: ..." when the evidence is thin; else ""
+
+    @property
+    def template(self) -> str:
+        """The template's name (a template group's ``name``)."""
+        return self.name
 
 
 def _thin_note(completed: int, stopped: int) -> str:
@@ -51,26 +62,58 @@ def template_metrics(study: optuna.Study) -> list[TemplateMetrics]:
     Returns:
         One :class:`TemplateMetrics` per template: search-space order first, then by name.
     """
+    spec = study.user_attrs.get("search_space", {}).get("template")
+    order = [str(c) for c in spec.get("choices", [])] if isinstance(spec, dict) else []
+
+    def template(config: dict[str, Any]) -> str | None:
+        value = config.get("template")
+        return None if value is None else str(value)
+
+    return _grouped(study, template, order, texts=True)
+
+
+def method_metrics(study: optuna.Study) -> list[TemplateMetrics]:
+    """The same grouped by adapter method and placement (``lora``, ``lora all-linear``,
+    ``ia3``, ``none``: :func:`peftsearch.objectives.adapters.method_of`), the registry's
+    methods first, ``none`` last."""
+    order = [m for m in adapters.ADAPTERS if adapters.ADAPTERS[m].method]
+
+    def rank(name: str) -> tuple[int, str]:
+        head = name.split(" ")[0]
+        return (order.index(head) if head in order else len(order) + 1, name)
+
+    groups = _grouped(study, adapters.method_of, [], texts=False)
+    return sorted(groups, key=lambda g: rank(g.name))
+
+
+def _grouped(
+    study: optuna.Study,
+    key: Callable[[dict[str, Any]], str | None],
+    order: list[str],
+    texts: bool,
+) -> list[TemplateMetrics]:
+    """The trained and stopped trials grouped by ``key`` of their config (None: not
+    attributed), ``order`` first, then by name; ``texts``: keep the template text."""
     groups: dict[str, TemplateMetrics] = {}
 
     def group_of(t: optuna.trial.FrozenTrial, name: str) -> TemplateMetrics:
         group = groups.setdefault(name, TemplateMetrics(name, None, [], [], [], ""))
-        if group.text is None and "template_text" in t.user_attrs:
+        if texts and group.text is None and "template_text" in t.user_attrs:
             group = groups[name] = group._replace(text=str(t.user_attrs["template_text"]))
         return group
 
     for t in common.trained(study):
-        group = group_of(t, str(common.config(study, t).get("template")))
-        group.trials.append(t.number)
-        group.metrics.append(t.values[0])
+        name = key(common.config(study, t))
+        if name is not None:
+            group = group_of(t, name)
+            group.trials.append(t.number)
+            group.metrics.append(t.values[0])
     for t in common.stopped(study):
-        template = common.config(study, t).get("template")
-        if template is not None:
-            group_of(t, str(template)).stopped.append(t.number)
-    spec = study.user_attrs.get("search_space", {}).get("template")
-    order = [str(c) for c in spec.get("choices", [])] if isinstance(spec, dict) else []
+        name = key(common.config(study, t))
+        if name is not None:
+            group_of(t, name).stopped.append(t.number)
     rank = {name: i for i, name in enumerate(order)}
     return sorted(
         (g._replace(note=_thin_note(len(g.trials), len(g.stopped))) for g in groups.values()),
-        key=lambda g: (rank.get(g.template, len(rank)), g.template),
+        key=lambda g: (rank.get(g.name, len(rank)), g.name),
     )

@@ -20,6 +20,7 @@ from peftsearch.reports.html.style import (
     num,
     pesc,
 )
+from peftsearch.reports.pareto import rates_text, row_rates
 
 if TYPE_CHECKING:
     from peftsearch.reports.figures import ParetoInfo, ParetoPoint, ReportData
@@ -33,6 +34,7 @@ def point_hover(p: ParetoPoint, metric: str) -> str:
         f"{pesc(metric)}: {p.metric:.4f}",
         f"trainable params: {p.params:,}{pct}",
         f"template: {pesc(p.template)}",
+        f"method: {pesc(p.method)}",
     ]
     return "<br>".join(lines + config_lines(p.config))
 
@@ -41,10 +43,51 @@ def _log10(x: float) -> float:
     return math.log10(max(x, 1))
 
 
-def _add_points_and_front(fig: Any, info: ParetoInfo, metric: str) -> None:
-    """The dominated and Pareto-optimal trials, then the front's staircase."""
+# A marker shape per method and placement (adapters.method_of), in the order the registry
+# lists the methods; `none` (head and/or soft prompt only) is always the triangle.
+SYMBOLS = ("circle", "diamond", "square", "cross", "triangle-down", "pentagon", "hexagon")
+NONE_SYMBOL = "triangle-up"
+
+
+def method_symbols(methods: list[str]) -> dict[str, str]:
+    """Each method label of ``methods`` -> its marker shape on the front figure."""
+    order = list(adapters.ADAPTERS)
+
+    def rank(label: str) -> tuple[int, str]:
+        name = label.split(" ")[0]
+        return (order.index(name) if name in order else len(order), label)
+
+    labels = sorted(set(methods) - {"none"}, key=rank)
+    out = {label: SYMBOLS[i % len(SYMBOLS)] for i, label in enumerate(labels)}
+    if "none" in methods:
+        out["none"] = NONE_SYMBOL
+    return out
+
+
+def _add_method_legend(fig: Any, symbols: dict[str, str]) -> None:
+    """One legend entry per marker shape (legend only: the points are drawn by state)."""
     import plotly.graph_objects as go
 
+    for label, symbol in symbols.items():
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=pesc(label if label != "none" else "none (head / prompt only)"),
+                meta="method",
+                marker={"symbol": symbol, "color": "#555555", "size": 10},
+                hoverinfo="skip",
+            )
+        )
+
+
+def _add_points_and_front(fig: Any, info: ParetoInfo, metric: str) -> None:
+    """The dominated and Pareto-optimal trials (shaped by method when there are several),
+    then the front's staircase."""
+    import plotly.graph_objects as go
+
+    symbols = method_symbols([p.method for p in info.points])
     for dominated, name, color, size in (
         (True, "dominated", FADED, 8),
         (False, "Pareto-optimal", FRONT, 11),
@@ -60,9 +103,16 @@ def _add_points_and_front(fig: Any, info: ParetoInfo, metric: str) -> None:
                 mode="markers",
                 name=name,
                 meta="trials",
-                marker={"color": color, "size": size, "line": {"width": 0}},
+                marker={
+                    "color": color,
+                    "size": size,
+                    "line": {"width": 0},
+                    "symbol": [symbols[p.method] for p in pts],
+                },
             )
         )
+    if len(symbols) > 1:
+        _add_method_legend(fig, symbols)
     fig.add_trace(
         go.Scatter(
             x=[x for x, _ in info.front],
@@ -177,7 +227,8 @@ def _draw_front(v: FrontView) -> Drawn:
         f"Each dot is a completed trial: {esc(v.metric)} (up is better) against trainable "
         "parameters on a log scale (left is cheaper). Red dots are Pareto-optimal (no "
         "other trial beats them on one objective without losing on the other); grey "
-        "ones are dominated. The red "
+        "ones are dominated. A dot's shape is its adapter method and where it goes (the "
+        "legend names them; a triangle trains only the head and/or a soft prompt). The red "
         "staircase is the front; the star is its knee, the best trade-off (the pick of "
         "<code>export --pick knee</code>). Hover a dot for its whole configuration.",
     )
@@ -201,11 +252,14 @@ class TableView(NamedTuple):
 def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
     verbalizers = any(r.get("verbalizer") is not None for r in rows)
     sizes = adapters.size_params()  # prompt_length, lora_r, ...: one column per adapter
+    # where the methods go (target_modules), shown when some front trial has a placement
+    places = [p for p in adapters.placements().values() if any(r.get(p) for r in rows)]
     head = (
         f"<tr><th>trial</th><th>{esc(metric)}</th><th>trainable params</th><th>% of base</th>"
         f"<th>template</th>{'<th>verbalizer</th>' if verbalizers else ''}<th>kind</th>"
         + "".join(f"<th>{esc(name)}</th>" for name in sizes)
-        + "<th>learning_rate</th><th>train s</th><th>template text</th></tr>"
+        + "".join(f"<th>{esc(name)}</th>" for name in places)
+        + "<th>learning rates</th><th>train s</th><th>template text</th></tr>"
     )
     body = []
     for r in rows:
@@ -221,7 +275,8 @@ def _table(rows: list[dict[str, Any]], knee: int | None, metric: str) -> str:
             + (f"<td>{esc(str(r.get('verbalizer')))}</td>" if verbalizers else "")
             + f"<td>{esc(str(r.get('kind')))}</td>"
             + "".join(f'<td class="num">{esc(num(r.get(name)))}</td>' for name in sizes)
-            + f'<td class="num">{esc(num(r["learning_rate"]))}</td>'
+            + "".join(f"<td>{esc(num(r.get(name)))}</td>" for name in places)
+            + f"<td>{esc(rates_text(row_rates(r)))}</td>"
             f'<td class="num">{"" if secs is None else f"{secs:.1f}"}</td>'
             f"<td><code>{esc(r['template_text'] or '')}</code></td></tr>"
         )

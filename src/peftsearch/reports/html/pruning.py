@@ -20,6 +20,7 @@ from peftsearch.reports.html.style import (
     num,
     pesc,
 )
+from peftsearch.reports.pareto import rates_text
 
 if TYPE_CHECKING:
     from peftsearch.reports.figures import (
@@ -106,7 +107,7 @@ def _stopped_table(stopped: list[StoppedTrial], metric: str) -> str:
     head = (
         "<tr><th>trial</th><th>template</th>"
         + "".join(f"<th>{esc(name)}</th>" for name in sizes)
-        + "<th>learning_rate</th><th>trainable params</th><th>stopped at rung</th>"
+        + "<th>learning rates</th><th>trainable params</th><th>stopped at rung</th>"
         f"<th>step</th><th>{esc(metric)} there</th><th>ranked against</th>"
         "<th>scores at each rung</th></tr>"
     )
@@ -120,7 +121,7 @@ def _stopped_table(stopped: list[StoppedTrial], metric: str) -> str:
         f'<tr><td class="num">{t.trial}{" (coverage)" if t.coverage else ""}</td>'
         f"<td>{esc(num(t.template))}</td>"
         + "".join(f'<td class="num">{esc(num(t.sizes.get(name)))}</td>' for name in sizes)
-        + f'<td class="num">{esc(num(t.learning_rate))}</td>'
+        + f"<td>{esc(rates_text(t.rates))}</td>"
         f'<td class="num">{num(t.params)}</td>'
         f'<td class="num">{num(t.rung)}</td>'
         f'<td class="num">{step(t)}</td>'

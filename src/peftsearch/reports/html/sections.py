@@ -13,7 +13,7 @@ from peftsearch.reports.html.history import HISTORY, LOSS
 from peftsearch.reports.html.importances import IMPORTANCES
 from peftsearch.reports.html.pruning import PRUNING
 from peftsearch.reports.html.section import Section
-from peftsearch.reports.html.templates import BY_TEMPLATE, PER_TEMPLATE
+from peftsearch.reports.html.templates import BY_METHOD, BY_TEMPLATE, PER_METHOD, PER_TEMPLATE
 from peftsearch.reports.html.zero_shot import ZERO_SHOT
 
 REGISTRY: dict[str, Section[Any]] = {
@@ -25,6 +25,8 @@ REGISTRY: dict[str, Section[Any]] = {
         CONFIRMED,
         BY_TEMPLATE,
         PER_TEMPLATE,
+        BY_METHOD,
+        PER_METHOD,
         ZERO_SHOT,
         IMPORTANCES,
         HISTORY,
@@ -42,6 +44,8 @@ SECTIONS: tuple[str, ...] = (
     "confirmed",
     "by_template",
     "per_template",
+    "by_method",
+    "per_method",
     "zero_shot",
     "importances",
     "history",
