@@ -169,6 +169,23 @@ SPACE_CASES = [
         NO_VALUE,
     ),
     (
+        "rank-given-to-ia3",
+        {"params.adapter": "ia3", "params.lora_r": 4},
+        "params.lora_r",
+        ["lora_r is a parameter of dora and lora, but adapter is ia3: it would mean nothing"],
+        4,
+    ),
+    (
+        "ia3-rate-without-ia3",
+        {
+            "params.adapter": {"type": "categorical", "choices": ["lora", "none"]},
+            "params.ia3_learning_rate": 0.01,
+        },
+        "params.ia3_learning_rate",
+        ["a parameter of ia3, but adapter is lora / none"],
+        0.01,
+    ),
+    (
         "data-file-missing-in-folder",
         {"data.path": "sub/nope.jsonl"},
         "data.path",
@@ -298,6 +315,23 @@ def test_unreachable_storage(make_space, tiny_model: Path, tmp_path: Path) -> No
         ),
     ]
     expect_bad_input(tmp_path, *cases)
+
+
+def test_a_target_set_that_matches_nothing(make_space, tiny_model: Path, tmp_path: Path) -> None:
+    """A placement no layer of the model answers to is refused before anything is made, by
+    `validate` (on the model's skeleton) and by `run` (on the loaded base), not trial by
+    trial; a searched choice is checked like a fixed one."""
+    fixed = {"params.lora_r": 2, "params.target_modules": "everything"}
+    searched = {
+        "params.lora_r": {"type": "categorical", "choices": [0, 2]},
+        "params.target_modules": {"type": "categorical", "choices": ["all-linear", "qkv"]},
+    }
+    fragments = ["target_modules", "match no linear layer", "default, attention, all-linear"]
+    expect_bad_input(
+        tmp_path,
+        Case(make_space(fixed, "fixed.yaml", tiny_model), "params.target_modules", fragments),
+        Case(make_space(searched, "searched.yaml", tiny_model), "params.target_modules", fragments),
+    )
 
 
 def test_output_directory_not_writable(make_space, tiny_model: Path, tmp_path: Path) -> None:

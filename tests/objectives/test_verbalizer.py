@@ -66,7 +66,14 @@ def runners(
         lm = "causal" if kind == "causal" else "masked"
         sub = folder / kind
         sub.mkdir()
-        r = TrialRunner(load_space(write(sub, model, sentiment_csv, lm)))
+        # (a space must name them, or the runner refuses it before any file: see
+        # test_bad_input.py::test_a_target_set_that_matches_nothing)
+        space = write(sub, model, sentiment_csv, lm)
+        if kind in TARGETS:
+            raw = yaml.safe_load(space.read_text(encoding="utf-8"))
+            raw["params"].update(TARGETS[kind])
+            space.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        r = TrialRunner(load_space(space))
         r.setup()
         out[kind] = r
     return out

@@ -31,6 +31,25 @@ def pick_device(spec: str) -> Any:
     return torch.device(spec)
 
 
+def skeleton(config: Any, num_labels: int, lm_kind: str | None, trust_remote_code: bool) -> Any:
+    """The base model ``load_base`` would load, built from its ``config`` on the meta device:
+    its module tree without weights (``search validate`` checks placements on it)."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+    )
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    with torch.device("meta"):
+        if lm_kind is None:
+            config.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_config(config, **kwargs)
+        auto = AutoModelForMaskedLM if lm_kind == "masked" else AutoModelForCausalLM
+        return auto.from_config(config, **kwargs)
+
+
 def load_base(
     spec: ModelSpec,
     num_labels: int,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftsearch.errors import SpaceError
-from peftsearch.objectives import tasks
+from peftsearch.objectives import adapters, tasks
 from peftsearch.objectives.data import Encoded, Splits, TemplateTooLong, load_splits
 from peftsearch.objectives.metrics import load_metric, score
 from peftsearch.objectives.model import count_params, load_base, pick_device
@@ -99,6 +99,7 @@ class TrialRunner:
             str(self.space.file),
             self.space.lm_kind,
         )
+        adapters.check_space(self.space, self._base, str(self.space.file))  # before any file
         self._base.to(self._device)
         self._base.requires_grad_(False)
         file = str(self.space.file)

@@ -9,6 +9,7 @@ NSGA-II is the classic multi-objective alternative but needs several generations
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,15 +26,17 @@ def _tpe(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:
     # parameters asked together, apart from the trials that never asked them (optuna's advice
     # for define-by-run spaces).
     group = conditional(space)
-    return optuna.samplers.TPESampler(
-        **{
-            "multivariate": True,
-            "constant_liar": True,
-            "seed": seed,
-            **({"group": True} if group else {}),
-            **kwargs,
-        }
-    )
+    with warnings.catch_warnings():  # `group` is experimental in optuna; chosen on purpose
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            **{
+                "multivariate": True,
+                "constant_liar": True,
+                "seed": seed,
+                **({"group": True} if group else {}),
+                **kwargs,
+            }
+        )
 
 
 def _nsga2(space: Space, seed: int, kwargs: dict[str, Any]) -> Any:

@@ -120,6 +120,11 @@ def _model_lines(space: Space) -> Generator[str, None, Any]:
             f"max_length + the largest prompt_length = {longest} exceeds the model's "
             f"{limit} positions",
         )
+    from peftsearch.objectives import adapters
+    from peftsearch.objectives.model import skeleton
+
+    model = skeleton(config, len(space.data.labels), space.lm_kind, space.model.trust_remote_code)
+    adapters.check_space(space, model, file)  # placements that match no layer
     yield f"model: {config.model_type}, {space.model.path}"
     return tokenizer
 

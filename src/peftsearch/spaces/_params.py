@@ -292,8 +292,15 @@ def register_params(
         DEFAULT_PARAMS.setdefault(kind, {}).update(entries)
 
 
-def register_method(name: str) -> None:
-    """Make ``name`` a value of the ``adapter`` parameter (a weight adapter method).
+# Each weight method (a value of `adapter`) -> the parameters only it takes (`lora_r` is
+# LoRA's and DoRA's): a file that gives one while `adapter` can never be such a method is
+# refused (``method_problem``).
+METHOD_PARAMS: dict[str, frozenset[str]] = {}
+
+
+def register_method(name: str, takes: frozenset[str] = frozenset()) -> None:
+    """Make ``name`` a value of the ``adapter`` parameter (a weight adapter method) that
+    takes the parameters ``takes``.
 
     Raises:
         ValueError: it is one already.
@@ -305,6 +312,24 @@ def register_method(name: str) -> None:
     if name in rule.choices:
         raise ValueError(f"adapter method {name!r} is already registered")
     RULES["adapter"] = dataclasses.replace(rule, choices=(*rule.choices, name))
+    METHOD_PARAMS[name] = takes
+
+
+def method_problem(name: str, params: dict[str, Any]) -> str | None:
+    """Why the file's ``params`` entry ``name`` means nothing: it belongs to methods that
+    ``adapter`` (as the file gives it; absent: ``lora``) never takes. None when it is fine,
+    or when it is the parameter's default (an exported ``config.yaml`` lists every one)."""
+    owners = sorted(m for m, takes in METHOD_PARAMS.items() if name in takes)
+    if not owners or params.get(name) == RULES[name].default:
+        return None
+    spec = params.get("adapter", RULES["adapter"].default)
+    methods = spec.choices if isinstance(spec, CategoricalDist) else [spec]
+    if set(owners) & set(methods):
+        return None
+    return (
+        f"{name} is a parameter of {' and '.join(owners)}, but adapter is "
+        f"{' / '.join(map(str, methods))}: it would mean nothing"
+    )
 
 
 def check_param(name: str, spec: Any) -> None:

@@ -18,6 +18,7 @@ from peftsearch.spaces._params import (
     ParamSpec,
     Strict,
     check_param,
+    method_problem,
 )
 from peftsearch.spaces._templates import DEMOS, Template, check_template, has_mask_slot, has_slot
 
@@ -316,6 +317,11 @@ class Space(_Section):
                 raise PydanticCustomError(
                     "at_key", "{msg}", {"msg": str(exc), "loc": ("params", name)}
                 ) from None
+            problem = method_problem(name, self.params or {})
+            if problem:
+                raise PydanticCustomError(
+                    "at_key", "{msg}", {"msg": problem, "loc": ("params", name)}
+                )
         searched = self.search_params()
         for i, config in enumerate(self.study.enqueue):
             for name, value in config.items():

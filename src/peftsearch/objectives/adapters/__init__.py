@@ -39,7 +39,8 @@ def register(adapter: Adapter) -> Adapter:
         raise ValueError(f"an adapter named {name!r} is already registered")
     register_params(f"adapter {name!r}", adapter.rules, adapter.defaults)
     if adapter.method:
-        register_method(name)
+        shared = ADAPTERS[adapter.shares].rules if adapter.shares else {}
+        register_method(name, frozenset(adapter.rules) | frozenset(shared))
     ADAPTERS[name] = adapter
     return adapter
 
@@ -140,6 +141,31 @@ def methods_of(parameter: str) -> set[str] | None:
         if a.method and parameter in a.rules:
             return {a.name} | {b.name for b in ADAPTERS.values() if b.shares == a.name}
     return None
+
+
+def check_space(space: Any, model: Any, file: str) -> None:
+    """Every adapter's :meth:`Adapter.check` of the space's parameters on ``model`` (the
+    base, possibly on the meta device): a placement that matches nothing fails here, before
+    any file is made, not trial by trial.
+
+    Raises:
+        SpaceError: the first problem, naming the file, key and value.
+    """
+    import torch
+
+    from peftsearch.objectives import tasks
+
+    task = tasks.get(space.task_name)
+    _, heads = task.head_modules(model)
+    linears = [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and name.split(".")[0] not in heads
+    ]
+    task_type = task.peft_task_type(space.lm_kind)
+    searched = space.search_params()
+    for a in ADAPTERS.values():
+        a.check(searched, model, linears, task_type, file)
 
 
 def size_of(parameter: str) -> str | None:

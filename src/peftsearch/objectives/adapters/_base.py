@@ -81,6 +81,14 @@ class Adapter:
         set other than peft's default: ``all-linear``); "" otherwise."""
         return ""
 
+    def check(
+        self, searched: dict[str, Any], model: Any, linears: list[str], task_type: Any, file: str
+    ) -> None:
+        """Raise :class:`~peftsearch.errors.SpaceError` when a value the space can give its
+        parameters (``searched``: name -> fixed value or distribution) cannot work on
+        ``model`` (a base model, possibly on the meta device; ``linears``: the names of its
+        linear layers an adapter may target); run before any file exists."""
+
     def rate(self, params: dict[str, Any]) -> float:
         """The adapter's peak learning rate in a trial of ``params``."""
         own = params.get(self.rate_param) if self.rate_param else None

@@ -48,6 +48,47 @@ def target_set(value: Any) -> str | None:
     return value if isinstance(value, str) and value in TARGET_SETS else None
 
 
+def match_layers(model: Any, linears: Any, value: Any, task_type: Any) -> list[str]:
+    """The names among ``linears`` (linear layers of ``model``) that ``target_modules:
+    value`` adapts, as peft matches them (``check_target_module_exists``; ``all-linear``
+    expanded by peft's own ``_maybe_include_all_linear_layers``).
+
+    Raises:
+        ValueError: no default targets for the model type, or nothing matches (the message
+            names some of the model's layers).
+    """
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    targets: Any = peft_targets(value)
+    if targets is None:
+        kind = str(getattr(model.config, "model_type", ""))
+        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind)
+        if targets is None:
+            raise ValueError(
+                f"no default LoRA target modules for model type {kind!r}; "
+                "set target_modules in space.yaml"
+            )
+    if targets == "all-linear":  # peft's own expansion, on the base model
+        from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+        wide = LoraConfig(r=1, target_modules="all-linear", task_type=task_type)
+        _maybe_include_all_linear_layers(wide, model)  # sets its target_modules
+        targets = sorted(wide.target_modules or ())
+    elif not isinstance(targets, str):
+        targets = list(targets)
+    config = LoraConfig(r=1, target_modules=targets)
+    names = [n for n in linears if check_target_module_exists(config, n)]
+    if not names:
+        shown = targets if isinstance(targets, str) else list(targets)
+        raise ValueError(
+            f"target_modules {shown} match no linear layer of the model (named sets: "
+            f"{', '.join(TARGET_SETS)}; some of its layers: {', '.join(list(linears)[:6])}, ...)"
+        )
+    return names
+
+
 def peft_targets(value: Any) -> Any:
     """``target_modules`` as peft takes it: a named set resolved, anything else as given."""
     named = target_set(value)
@@ -165,37 +206,34 @@ class LoRA(Adapter):
         Raises:
             TrialFailed: no default targets for the model type, or none match.
         """
-        from peft import LoraConfig
-        from peft.tuners.tuners_utils import check_target_module_exists
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+        task_type = engine.task.peft_task_type(engine.lm_kind)
+        try:
+            return match_layers(engine.base, engine.linears, params["target_modules"], task_type)
+        except ValueError as exc:
+            raise TrialFailed(str(exc)) from None
 
-        targets: Any = peft_targets(params["target_modules"])
-        if targets is None:
-            kind = str(getattr(engine.base.config, "model_type", ""))
-            targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind)
-            if targets is None:
-                raise TrialFailed(
-                    f"no default LoRA target modules for model type {kind!r}; "
-                    "set target_modules in space.yaml"
-                )
-        if targets == "all-linear":  # peft's own expansion, on the engine's base
-            from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+    def check(
+        self, searched: dict[str, Any], model: Any, linears: list[str], task_type: Any, file: str
+    ) -> None:
+        """Every ``target_modules`` the space can give a LoRA or DoRA trial places it
+        somewhere on ``model`` (a set or module names that match no layer, or ``default``
+        on a model type peft has no default targets for, fail before any file is made)."""
+        from peftsearch.errors import SpaceError
+        from peftsearch.spaces import CategoricalDist
 
-            task_type = engine.task.peft_task_type(engine.lm_kind)
-            wide = LoraConfig(r=1, target_modules="all-linear", task_type=task_type)
-            _maybe_include_all_linear_layers(wide, engine.base)  # sets its target_modules
-            targets = sorted(wide.target_modules or ())
-        elif not isinstance(targets, str):
-            targets = list(targets)
-        config = LoraConfig(r=params["lora_r"], target_modules=targets)
-        names = [n for n in engine.linears if check_target_module_exists(config, n)]
-        if not names:
-            shown = targets if isinstance(targets, str) else list(targets)
-            raise TrialFailed(
-                f"target_modules {shown} match no linear layer of the model "
-                f"(some of its layers: {', '.join(list(engine.linears)[:6])}, ...)"
-            )
-        return names
+        method, rank = searched.get("adapter", "lora"), searched.get("lora_r")
+        methods = method.choices if isinstance(method, CategoricalDist) else [method]
+        ranks = rank.choices if isinstance(rank, CategoricalDist) else [rank]
+        if not {"lora", "dora"} & set(methods) or ranks == [0]:
+            return  # no trial of the space trains LoRA: nothing is placed
+        spec = searched.get("target_modules")
+        values = spec.choices if isinstance(spec, CategoricalDist) else [spec]
+        for value in values:
+            modules = value.split(",") if isinstance(value, str) and "," in value else value
+            try:
+                match_layers(model, linears, modules, task_type)
+            except ValueError as exc:
+                raise SpaceError(file, "params.target_modules", str(exc), value) from None
 
     def init(self, engine: Any, slot: Any, gen: Any) -> dict[str, Any]:
         import torch
