@@ -327,10 +327,13 @@ def test_a_target_set_that_matches_nothing(make_space, tiny_model: Path, tmp_pat
         "params.target_modules": {"type": "categorical", "choices": ["all-linear", "qkv"]},
     }
     fragments = ["target_modules", "match no linear layer", "default, attention, all-linear"]
+    # (and a text metric on a classifier: checked after the model loads, so here too)
+    chrf = make_space({"objectives.metric": "chrf"}, "chrf.yaml", tiny_model)
     expect_bad_input(
         tmp_path,
         Case(make_space(fixed, "fixed.yaml", tiny_model), "params.target_modules", fragments),
         Case(make_space(searched, "searched.yaml", tiny_model), "params.target_modules", fragments),
+        Case(chrf, "objectives.metric", ["scores generated text", "predicts classes"], "chrf"),
     )
 
 

@@ -50,11 +50,14 @@ def compute(cls, pred, ref, **kwargs) -> float:
 
 
 def test_metrics_offered() -> None:
-    assert set(METRICS) == {"accuracy", "f1", "precision", "recall", "matthews_correlation"}
+    labels = {"accuracy", "f1", "precision", "recall", "matthews_correlation"}
+    text = {"exact_match", "rouge1", "rouge2", "rougeL", "rougeLsum", "chrf", "bleu"}
+    assert set(METRICS) == labels | text and set(metrics.TEXT_METRICS) == text
     for name, cls in METRICS.items():
         metric = load_metric(name)  # local: no hub access
         assert type(metric) is cls
-        assert set(metric.compute(predictions=[0, 1], references=[0, 1])) == {name}
+        toy = ["a b", "c"] if name in text else [0, 1]
+        assert set(metric.compute(predictions=toy, references=toy)) == {name}
 
 
 def test_unknown_name_goes_to_evaluate_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,3 +234,52 @@ def test_score_passes_kwargs_and_real_metrics() -> None:
     assert value == pytest.approx(19 / 63)
     assert isinstance(value, float)
     assert score(load_metric("accuracy"), "accuracy", BIN_PRED, BIN_REF) == pytest.approx(0.7)
+
+
+# --- generated text (issue 25's metrics), against the reference packages --------------------
+
+PREDS = ["The cat sat on the mat.", "hello there", "a quick brown fox", "", "Paris"]
+REFS = ["the cat sat on a mat", "Hello!", "the quick brown dog jumps", "nothing", "Paris, France"]
+
+
+def test_exact_match_uses_squads_normalization() -> None:
+    em = load_metric("exact_match")
+    # case, punctuation and articles do not count; a missing word does
+    assert score(em, "exact_match", PREDS, REFS) == pytest.approx(1 / 5)
+    assert metrics.normalize_answer("  The  Cat, an idea!") == "cat idea"
+    assert score(em, "exact_match", ["Paris."], ["paris"]) == 1.0
+    assert score(em, "exact_match", ["Paris."], ["paris"], normalize=False) == 0.0
+    assert score(em, "exact_match", [" paris "], ["paris"], normalize=False) == 1.0
+
+
+@pytest.mark.parametrize("name", ["rouge1", "rouge2", "rougeL", "rougeLsum"])
+def test_rouge_is_rouge_scores_mean_f_measure(name: str) -> None:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer([name])
+    want = sum(scorer.score(r, p)[name].fmeasure for p, r in zip(PREDS, REFS, strict=True))
+    want /= len(PREDS)
+    assert score(load_metric(name), name, PREDS, REFS) == pytest.approx(want, abs=1e-12)
+    assert 0 < want < 1
+
+
+def test_rouge1_hand_worked() -> None:
+    # "a b c" vs "a b d": 2 of 3 unigrams each way, F = 2/3; identical text scores 1
+    rouge = load_metric("rouge1")
+    assert score(rouge, "rouge1", ["a b c"], ["a b d"]) == pytest.approx(2 / 3)
+    assert score(rouge, "rouge1", ["same words"], ["same words"]) == 1.0
+
+
+def test_chrf_and_bleu_are_sacrebleus_corpus_scores() -> None:
+    import sacrebleu
+
+    chrf = score(load_metric("chrf"), "chrf", PREDS, REFS)
+    assert chrf == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score, abs=1e-9)
+    plus = score(load_metric("chrf"), "chrf", PREDS, REFS, word_order=2)
+    assert plus == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS], word_order=2).score)
+    bleu = score(load_metric("bleu"), "bleu", PREDS, REFS)
+    assert bleu == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score, abs=1e-9)
+    assert 0 < chrf < 100 and chrf != plus
+    same = ["a sentence of several words here"] * 2
+    assert score(load_metric("chrf"), "chrf", same, same) == pytest.approx(100.0)
+    assert score(load_metric("bleu"), "bleu", same, same) == pytest.approx(100.0)

@@ -1,4 +1,5 @@
-"""The task metrics a study can maximize, as local :class:`evaluate.Metric` subclasses.
+"""The task metrics a study can maximize, as local :class:`evaluate.Metric` subclasses: class
+ids (accuracy, f1, ...) and generated text (exact_match, rouge1/2/L/Lsum, chrf, bleu).
 
 ``evaluate.load("accuracy")`` fetches a script from the hub, which fails offline, so the metrics
 the tool offers ship here. They compute with numpy rather than scikit-learn (which the hub
@@ -118,9 +119,119 @@ class MatthewsCorrelation(_Local):
         return {"matthews_correlation": float((c * s - t @ p) / denom) if denom else 0.0}
 
 
+# -- text metrics (generated text against reference text) ------------------------------------
+# Computed by the reference packages (rouge-score, sacrebleu), so they match published numbers;
+# shipped here because evaluate.load fetches its scripts from the hub.
+
+_TEXT_FEATURES = datasets.Features(
+    {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+)
+
+
+class _LocalText(_Local):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=f"{self.name_} (peftsearch, offline)",
+            citation="",
+            inputs_description="predictions, references: one string each per example",
+            features=_TEXT_FEATURES,
+        )
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalization (the official v1.1 script): lower case, punctuation and
+    the articles a / an / the removed, whitespace collapsed."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+class ExactMatch(_LocalText):
+    """The share of predictions equal to their reference after :func:`normalize_answer`
+    (SQuAD's exact match, on a 0-1 scale like evaluate's ``exact_match``); ``normalize:
+    false`` compares the stripped strings."""
+
+    name_ = "exact_match"
+
+    def _compute(
+        self, predictions: Any, references: Any, normalize: bool = True
+    ) -> dict[str, float]:
+        norm = normalize_answer if normalize else str.strip
+        hits = [norm(p) == norm(r) for p, r in zip(predictions, references, strict=True)]
+        return {"exact_match": float(np.mean(hits)) if hits else 0.0}
+
+
+class Rouge(_LocalText):
+    """ROUGE F-measure (Google's ``rouge-score``, as evaluate's ``rouge`` uses it), the mean
+    over examples (evaluate's ``use_aggregator=False`` then a mean; its default bootstrap
+    aggregate is a resampled estimate of the same mean)."""
+
+    name_ = "rouge1"
+
+    def _compute(
+        self, predictions: Any, references: Any, use_stemmer: bool = False
+    ) -> dict[str, float]:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer([self.name_], use_stemmer=use_stemmer)
+        scores = [
+            scorer.score(r, p)[self.name_].fmeasure
+            for p, r in zip(predictions, references, strict=True)
+        ]
+        return {self.name_: float(np.mean(scores)) if scores else 0.0}
+
+
+class Rouge2(Rouge):
+    name_ = "rouge2"
+
+
+class RougeL(Rouge):
+    name_ = "rougeL"
+
+
+class RougeLsum(Rouge):
+    name_ = "rougeLsum"  # sentences split on newlines, as rouge-score does
+
+
+class ChrF(_LocalText):
+    """Corpus chrF (sacrebleu's ``CHRF``, 0-100; ``word_order: 2`` gives chrF++)."""
+
+    name_ = "chrf"
+
+    def _compute(
+        self, predictions: Any, references: Any, char_order: int = 6, word_order: int = 0
+    ) -> dict[str, float]:
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF(char_order=char_order, word_order=word_order)
+        return {"chrf": float(chrf.corpus_score(list(predictions), [list(references)]).score)}
+
+
+class Bleu(_LocalText):
+    """Corpus BLEU by sacrebleu (0-100, its default 13a tokenizer), one reference each."""
+
+    name_ = "bleu"
+
+    def _compute(
+        self, predictions: Any, references: Any, tokenize: str = "13a"
+    ) -> dict[str, float]:
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU(tokenize=tokenize)
+        return {"bleu": float(bleu.corpus_score(list(predictions), [list(references)]).score)}
+
+
 METRICS: dict[str, type[_Local]] = {
     m.name_: m for m in (Accuracy, F1, Precision, Recall, MatthewsCorrelation)
 }
+# Generated text against reference text (a generation task's metrics).
+TEXT_METRICS: dict[str, type[_Local]] = {
+    m.name_: m for m in (ExactMatch, Rouge, Rouge2, RougeL, RougeLsum, ChrF, Bleu)
+}
+METRICS.update(TEXT_METRICS)
 
 
 def load_metric(name: str, file: str = "space.yaml") -> evaluate.EvaluationModule:

@@ -125,9 +125,18 @@ class Labelled(Task):
     def check_metric(self, metric: Any, spec: Any, file: str) -> None:
         """Score a toy prediction (every class once) so bad ``metric_kwargs`` fail before
         any training."""
-        from peftsearch.objectives.metrics import check_metric
+        from peftsearch.errors import SpaceError
+        from peftsearch.objectives.metrics import TEXT_METRICS, check_metric
 
         objectives = spec.objectives
+        if objectives.metric in TEXT_METRICS:
+            raise SpaceError(
+                file,
+                "objectives.metric",
+                "scores generated text against reference text; this task predicts classes "
+                "(use accuracy, f1, precision, recall or matthews_correlation)",
+                objectives.metric,
+            )
         check_metric(
             metric, objectives.metric, objectives.metric_kwargs, len(spec.data.labels), file
         )
