@@ -79,3 +79,16 @@ def test_method_of_names_the_method_and_where_it_goes() -> None:
     assert adapters.places(wide) == {"target_modules": "all-linear"}
     assert adapters.places(TrialConfig.from_values({"adapter": "ia3"})) == {}
     assert adapters.shape_params() == ["adapter", "prompt_length", "lora_r", "target_modules"]
+
+
+def test_an_export_lists_only_the_methods_own_parameters() -> None:
+    """An IA3 trial's config.yaml leaves LoRA's parameters out: a space giving them beside
+    `adapter: ia3` is refused (test_bad_input.py), so the export must not write them."""
+    ia3 = adapters.own_params(TrialConfig.from_values({"adapter": "ia3", "lora_alpha": 64}))
+    assert not {"lora_r", "lora_alpha", "target_modules", "use_rslora"} & set(ia3)
+    assert {"ia3_learning_rate", "prompt_length", "learning_rate", "adapter"} <= set(ia3)
+    dora = adapters.own_params(TrialConfig.from_values({"adapter": "dora", "lora_r": 2}))
+    assert dora["lora_r"] == 2 and "ia3_learning_rate" not in dora
+    from peftsearch.spaces._params import method_problem
+
+    assert all(method_problem(name, ia3) is None for name in ia3)

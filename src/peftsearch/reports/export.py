@@ -39,6 +39,7 @@ import yaml
 
 from peftsearch import __version__
 from peftsearch.errors import UserError
+from peftsearch.objectives import adapters
 from peftsearch.objectives.trial import TrialConfig
 from peftsearch.reports.export_readme import OPTIMIZER_SNIPPET, _readme, neighbours
 from peftsearch.reports.export_settings import (
@@ -107,7 +108,7 @@ def _config_yaml(
             if params.get("verbalizer")
             else {}
         ),
-        "params": dict(params),
+        "params": adapters.own_params(params),
         "objectives": space["objectives"],
         "study": {
             "name": f"{study.study_name}-trial-{trial.number}",

@@ -194,6 +194,18 @@ def shape_params() -> list[str]:
     return ["adapter", *size_params(), *placements().values()]
 
 
+def own_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the parameters of methods the trial does not train (an IA3 trial's
+    ``lora_r`` and ``lora_alpha``): what an exported ``config.yaml`` lists, since a space that
+    gives a method's parameter beside an ``adapter`` that never takes it is refused."""
+    method = params.get("adapter", "lora")
+    return {
+        name: value
+        for name, value in params.items()
+        if (methods := methods_of(name)) is None or method in methods
+    }
+
+
 def field_part(field: str) -> str:
     """The learning-rate part of a stack field (``lora.<layer>.A``: its adapter's, by the
     name's head)."""
