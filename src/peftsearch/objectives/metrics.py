@@ -68,13 +68,15 @@ def _prf(
 
 class _Local(evaluate.Metric):
     name_ = ""
+    inputs_ = "predictions, references: class ids"
+    features_ = _FEATURES
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=f"{self.name_} (peftsearch, offline)",
             citation="",
-            inputs_description="predictions, references: class ids",
-            features=_FEATURES,
+            inputs_description=self.inputs_,
+            features=self.features_,
         )
 
 
@@ -129,13 +131,8 @@ _TEXT_FEATURES = datasets.Features(
 
 
 class _LocalText(_Local):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=f"{self.name_} (peftsearch, offline)",
-            citation="",
-            inputs_description="predictions, references: one string each per example",
-            features=_TEXT_FEATURES,
-        )
+    inputs_ = "predictions, references: one string each per example"
+    features_ = _TEXT_FEATURES
 
 
 def normalize_answer(text: str) -> str:
