@@ -106,6 +106,99 @@ def make_tiny_llama(path: Path) -> Path:
     return path
 
 
+def _word_tokenizer(vocab: dict[str, int], single: str, specials: list[tuple[str, int]]) -> Any:
+    """A word-level fast tokenizer over ``vocab`` whose post-processor writes ``single``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    return tok
+
+
+def make_tiny_t5(path: Path) -> Path:
+    """A 2-layer, d_model-16 T5 (encoder-decoder) and a word-level tokenizer (EOS last, as
+    T5's own), saved to ``path``."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
+    tok = _word_tokenizer(vocab, "$A </s>", [("</s>", 1)])
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    ).save_pretrained(path)
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=HIDDEN,
+        d_kv=8,
+        d_ff=32,
+        num_layers=LAYERS,
+        num_decoder_layers=LAYERS,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+def make_tiny_bart(path: Path) -> Path:
+    """A 2-layer, d_model-16 BART and a word-level tokenizer (``<s> ... </s>``), saved to
+    ``path``."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "<unk>", *WORDS])}
+    tok = _word_tokenizer(vocab, "<s> $A </s>", [("<s>", 0), ("</s>", 2)])
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    ).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BartConfig(
+        vocab_size=len(vocab),
+        d_model=HIDDEN,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=128,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    )
+    BartForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+def make_pairs_csv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """A learnable text-to-text csv (question,answer): the answer names the review's verdict
+    word and whether it is good or bad."""
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "answer"])
+        for _ in range(n):
+            pos = rng.random() < 0.5
+            word = rng.choice(POSITIVE if pos else NEGATIVE)
+            words = rng.sample(FILLER, 4) + [word]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), f"{word} {'good' if pos else 'bad'}"])
+    return path
+
+
 def make_tiny_mlm(path: Path) -> Path:
     """A 2-layer, hidden-16 BERT masked LM with the tiny BERT's tokenizer (it has [MASK])."""
     from transformers import BertForMaskedLM
@@ -128,6 +221,21 @@ def make_sentiment_csv(path: Path, n: int = 400, seed: int = 0) -> Path:
             rng.shuffle(words)
             w.writerow([" ".join(words) + f" {i % 7}", "pos" if pos else "neg"])
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bart(tmp_path_factory.mktemp("tiny_bart"))
+
+
+@pytest.fixture(scope="session")
+def pairs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pairs_csv(tmp_path_factory.mktemp("pairs") / "pairs.csv")
 
 
 @pytest.fixture(scope="session")

@@ -373,7 +373,13 @@ BAD = [
     ),
     ("no-templates", {"templates": {}}, "templates", ["at least 1 item"], None),
     # model.head verbalizer
-    ("head-unknown", {"model.head": "lm"}, "model.head", ["'classifier' or 'verbalizer'"], "lm"),
+    (
+        "head-unknown",
+        {"model.head": "lm"},
+        "model.head",
+        ["'classifier', 'verbalizer' or 'generator'"],
+        "lm",
+    ),
     (
         "verbalizers-without-head",
         {"verbalizers": {"v": {"neg": "bad", "pos": "good"}}},

@@ -214,6 +214,10 @@ class Encoded:
     labels: Any  # the task's targets (class ids, LongTensor [N]); None: rows to predict
     lengths: Any  # LongTensor [N]
     positions: Any | None = None  # LongTensor [N]: the {mask} token's column (masked LMs)
+    # Generation: each row's reference ids, right padded ([N, T]; ``labels`` their lengths),
+    # and for a causal LM the rendered templates alone, which decoding starts from.
+    targets: Any | None = None
+    prompt: Encoded | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

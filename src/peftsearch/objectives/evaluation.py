@@ -26,9 +26,9 @@ def class_scores(engine: Any, slot: Slot, data: Encoded, batch_size: int = 64) -
 
 
 def evaluate(engine: Any, slots: list[Slot], split: str = "eval") -> dict[Any, EvalResult]:
-    """Predictions (argmax) and mean cross-entropy of each slot on its eval data (``split``
-    "test": its ``test_data``), all slots in the same batches, each in sorted-length chunks
-    of its eval batch size."""
+    """Predictions (argmax; written text for a task that decodes) and mean loss of each slot
+    on its eval data (``split`` "test": its ``test_data``), all slots in the same batches,
+    each in sorted-length chunks of its eval batch size."""
     start = time.perf_counter()
     data_of: dict[Any, Encoded] = {}
     for s in slots:
@@ -41,6 +41,7 @@ def evaluate(engine: Any, slots: list[Slot], split: str = "eval") -> dict[Any, E
         size = max(64, 2 * s.cfg.batch_size)
         chunks[s.key] = torch.argsort(data_of[s.key].lengths, descending=True).split(size)
     preds: dict[Any, list[Any]] = {s.key: [] for s in slots}
+    texts: dict[Any, list[str]] = {}
     loss_sum = {s.key: 0.0 for s in slots}
     sums: list[tuple[list[Slot], torch.Tensor]] = []
     rounds = max(len(c) for c in chunks.values())
@@ -65,6 +66,10 @@ def evaluate(engine: Any, slots: list[Slot], split: str = "eval") -> dict[Any, E
                 )
                 for (segs_, _), pr in zip(parts, picked, strict=True):
                     preds[segs_[0][0].key].append(pr)
+        if engine.task.decodes:  # what each trial writes, all trials in the same batches
+            from peftsearch.objectives.decoding import decode
+
+            texts = decode(engine, slots, data_of, engine.max_new_tokens)
     finally:
         for s in temp:
             engine._release(s, keep=False)
@@ -78,5 +83,6 @@ def evaluate(engine: Any, slots: list[Slot], split: str = "eval") -> dict[Any, E
         ordered = torch.empty(len(data_of[s.key]), dtype=torch.long)
         ordered[order] = torch.cat(preds[s.key])
         loss = loss_sum[s.key] / max(1, len(data_of[s.key]))
-        out[s.key] = EvalResult(ordered.tolist(), loss, seconds)
+        predictions = texts[s.key] if engine.task.decodes else ordered.tolist()
+        out[s.key] = EvalResult(predictions, loss, seconds)
     return out

@@ -45,6 +45,21 @@ def _concat(batches: list[dict[str, Any]], width: int, left: bool) -> dict[str, 
     return cols
 
 
+def _read(batches: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
+    """The task's own columns (:attr:`Task.reads`) of the batches, concatenated (2-D ones
+    right padded to the widest with zeros)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name not in batches[0]:
+            continue
+        pieces = [b[name] for b in batches]
+        if pieces[0].dim() == 2:
+            wide = max(int(p.shape[1]) for p in pieces)
+            pieces = [F.pad(p, (0, wide - int(p.shape[1]))) for p in pieces]
+        out[name] = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    return out
+
+
 def _prefix_adapter() -> Any:
     """The adapter that puts virtual tokens in front of the rows (None: none registered)."""
     found = [
@@ -59,7 +74,8 @@ def _prefix_adapter() -> Any:
 
 def pack_inputs(engine: Any, parts: list[Any], training: bool) -> tuple[dict[str, Any], Any, Any]:
     """The packed batch of ``parts`` (each: the slots owning its consecutive rows, and its
-    batch) as keyword arguments of the base model (``inputs_embeds``, mask, token types),
+    batch) as keyword arguments of the base model (``inputs_embeds``, mask, token types, and
+    the columns the task reads besides: :attr:`Task.reads`),
     each row's prediction column (masked LMs), and ``(segment of each row, rows per segment,
     stacked row per segment)``; :attr:`engine.rows` is set up for the hooks."""
     dev, left = engine.device, engine.left_pad
@@ -110,6 +126,7 @@ def pack_inputs(engine: Any, parts: list[Any], training: bool) -> tuple[dict[str
     kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
     if types is not None:
         kwargs["token_type_ids"] = types
+    kwargs.update(_read(batches, engine.task.reads))
     r = _set_rows(engine, segs, counts, slot_rows, present, width, j, training)
     return kwargs, positions, (r.seg, counts.to(dev), r.present)
 

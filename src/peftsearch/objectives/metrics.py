@@ -221,9 +221,11 @@ class Bleu(_LocalText):
         return {"bleu": float(bleu.corpus_score(list(predictions), [list(references)]).score)}
 
 
-METRICS: dict[str, type[_Local]] = {
+# Predicted class ids against reference class ids (the label tasks' metrics).
+LABEL_METRICS: dict[str, type[_Local]] = {
     m.name_: m for m in (Accuracy, F1, Precision, Recall, MatthewsCorrelation)
 }
+METRICS: dict[str, type[_Local]] = dict(LABEL_METRICS)
 # Generated text against reference text (a generation task's metrics).
 TEXT_METRICS: dict[str, type[_Local]] = {
     m.name_: m for m in (ExactMatch, Rouge, Rouge2, RougeL, RougeLsum, ChrF, Bleu)

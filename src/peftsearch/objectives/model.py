@@ -68,12 +68,7 @@ def load_base(
         SpaceError: the model cannot be loaded; the message says why (offline hub id, ...).
     """
     import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "MISSING classifier" load report is expected
@@ -90,10 +85,13 @@ def load_base(
                 where, num_labels=num_labels, dtype=dtype, **kwargs
             )
         else:
-            auto = AutoModelForMaskedLM if lm_kind == "masked" else AutoModelForCausalLM
-            model = auto.from_pretrained(where, dtype=dtype, **kwargs)
+            model = lm_class(where, lm_kind, kwargs).from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError, ImportError) as exc:  # "no model here", missing gguf, ...
         raise model_error(file, spec.path, exc, lm_kind) from None
+    if lm_kind == "generator":  # the generate task encodes by the model's kind
+        seq2seq = bool(model.config.is_encoder_decoder)
+        tokenizer.peftsearch_lm = "seq2seq" if seq2seq else "causal"
+        lm_kind = "seq2seq" if seq2seq else "causal"
     if getattr(model, "hf_quantizer", None) is not None:  # a dequantized GGUF: plain weights
         model.hf_quantizer = None
     if tokenizer.pad_token is None:
@@ -110,6 +108,26 @@ def load_base(
             spec.path,
         )
     return model, tokenizer
+
+
+def lm_class(where: str, lm_kind: str, kwargs: dict[str, Any]) -> Any:
+    """The transformers auto class of a language model of ``lm_kind``: ``masked``,
+    ``causal``, or ``generator`` (an encoder-decoder, T5 or BART, when its config says
+    ``is_encoder_decoder``, else causal)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+    )
+
+    if lm_kind == "masked":
+        return AutoModelForMaskedLM
+    if lm_kind == "generator":
+        config = AutoConfig.from_pretrained(where, **kwargs)
+        if getattr(config, "is_encoder_decoder", False):
+            return AutoModelForSeq2SeqLM
+    return AutoModelForCausalLM
 
 
 def _offline(exc: BaseException) -> bool:

@@ -86,14 +86,22 @@ class PackedEngine:
         lm_kind: str | None = None,
         special_ids: set[int] | None = None,
         task: str | None = None,
+        tokenizer: Any = None,
+        max_new_tokens: int = 32,
     ) -> None:
         """``lm_kind`` None: ``base`` is a sequence classifier and each trial trains a copy of
         its head. ``"causal"`` / ``"masked"``: ``base`` is a language model whose own LM head
         scores each label's words (the ``verbalize`` task); nothing but adapters trains.
-        ``task``: a registered task's name (default: the built-in one of ``lm_kind``)."""
+        ``"generator"``: a causal LM or an encoder-decoder (``"seq2seq"``), as its config
+        says, that writes answers (the ``generate`` task; ``tokenizer`` decodes them, at most
+        ``max_new_tokens`` each). ``task``: a registered task's name (default: the built-in
+        one of ``lm_kind``)."""
         self.base, self.device, self.left_pad = base, device, left_pad
         self.capacity = max(1, capacity)
+        if lm_kind == "generator":
+            lm_kind = "seq2seq" if base.config.is_encoder_decoder else "causal"
         self.lm_kind = lm_kind
+        self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
         self.task = tasks.get(task) if task else tasks.for_lm_kind(lm_kind)
         self.special_ids = set(special_ids or ())  # never drawn by a vocab-initialized prompt
         self.rows = H.Rows()
@@ -191,7 +199,7 @@ class PackedEngine:
         )
 
     def score_untrained(
-        self, params: dict[str, Any], eval_data: Encoded, label_tokens: list[list[int]]
+        self, params: dict[str, Any], eval_data: Encoded, label_tokens: list[list[int]] | None
     ) -> EvalResult:
         """Evaluate the base model alone (zero-shot): no adapters, nothing trained."""
         slot = self.add(

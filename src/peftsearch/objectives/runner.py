@@ -79,6 +79,8 @@ class TrialRunner:
         self._engine: Any = None
         self._label_tokens: dict[tuple[str, str], list[list[int]]] = {}
         self._demos: dict[tuple[str, int, str | None], tuple[str, list[int]]] = {}
+        # task generate: each template's first untrained outputs (see ``zero_shot``)
+        self.zero_shot_examples: dict[str, list[Any]] = {}
 
     @property
     def splits(self) -> Splits:
@@ -227,6 +229,8 @@ class TrialRunner:
                 lm_kind=self.space.lm_kind,
                 special_ids=set(self._tokenizer.all_special_ids),
                 task=self.space.task_name,
+                tokenizer=self._tokenizer,
+                max_new_tokens=self.space.generation.max_new_tokens,
             )
         return self._engine
 
@@ -240,7 +244,7 @@ class TrialRunner:
             torch.cuda.reset_peak_memory_stats(self._device)
         train_data, eval_data = self.encoded(params)
         tokens = None
-        if self.space.lm_kind is not None:
+        if self.space.model.head == "verbalizer":
             tokens = self.label_tokens(params["verbalizer"], params["template"])
         seed = self.space.study.seed if seed is None else seed
         engine.add(
@@ -383,6 +387,7 @@ class TrialRunner:
                 "train_loss_curve": [round(x, 5) for x in stats.loss_curve],
                 "train_loss_curve_every": stats.curve_every,
                 "eval_loss": result.loss,
+                **self._examples(result),
                 "peak_gpu_memory_bytes": peak,
                 "pack_size": round(done.pack_size, 3),
                 "device": str(device),
@@ -392,6 +397,11 @@ class TrialRunner:
                 **tested,
             },
         )
+
+    def _examples(self, result: Any) -> dict[str, Any]:
+        """A few held rows with what the trial predicted (a task that writes text)."""
+        shown = self.task.examples(self.held(), result.predictions)
+        return {"examples": shown} if shown else {}
 
     def _demo_attrs(self, params: dict[str, Any]) -> dict[str, Any]:
         text, rows = self.demos(params)

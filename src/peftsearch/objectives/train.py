@@ -102,10 +102,13 @@ def batch_rows(enc: Encoded, idx: Any, device: Any, left_pad: bool) -> dict[str,
     out = {
         "input_ids": enc.input_ids[idx][:, cols],
         "attention_mask": enc.attention_mask[idx][:, cols],
-        "labels": enc.labels[idx],
     }
+    if enc.labels is not None:
+        out["labels"] = enc.labels[idx]
     if enc.token_type_ids is not None:
         out["token_type_ids"] = enc.token_type_ids[idx][:, cols]
+    if enc.targets is not None:  # generation: the references, trimmed to their longest
+        out["targets"] = enc.targets[idx][:, : int(enc.labels[idx].max())]
     if enc.positions is not None:  # the {mask} column, in the trimmed batch
         shift = enc.input_ids.shape[1] - width if left_pad else 0
         out["positions"] = enc.positions[idx] - shift

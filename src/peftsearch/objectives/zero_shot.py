@@ -48,6 +48,34 @@ def zero_shot(
     return out
 
 
+def untrained_text(runner: Any, n_demos: int = 0) -> dict[str, dict[str, float]]:
+    """The metric of what the untrained model writes, per template (``task: generate``),
+    keyed as the label tasks' table is (the verbalizer ``None``); with ``n_demos``, the
+    templates with a ``{demos}`` slot only. Each template's first outputs are kept in
+    ``runner.zero_shot_examples`` (template -> examples) for the report."""
+    spec, engine = runner.space, runner.engine
+    held = runner.held()
+    references = runner.task.references(held)
+    out: dict[str, dict[str, float]] = {}
+    for template, tmpl in spec.templates.items():
+        if n_demos and not has_slot(tmpl, DEMOS):
+            continue
+        params = {**runner._fixed(), "template": template, "n_demos": n_demos}
+        eval_data = runner.encoded(params)[1]
+        result = engine.score_untrained(params, eval_data, None)
+        value = score(
+            runner._metric,
+            spec.objectives.metric,
+            result.predictions,
+            references,
+            **spec.objectives.metric_kwargs,
+        )
+        out[template] = {"None": value}
+        if not n_demos:
+            runner.zero_shot_examples[template] = runner.task.examples(held, result.predictions)
+    return out
+
+
 def find_label_words(runner: Any) -> dict[str, Any]:
     """``verbalizers: {auto: ...}``: the found verbalizers, per template (``words``:
     template -> ``auto-i`` -> {label: [words]}: each template's prediction point has its

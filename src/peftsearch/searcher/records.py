@@ -153,6 +153,9 @@ def _record_zero_shot(study: Any, space: Space, runner: Runner) -> list[str]:
         ]
     if by_count:
         study.set_user_attr("zero_shot_demos", by_count)
+    examples = getattr(runner, "zero_shot_examples", None)
+    if examples:  # a task that writes text: what the untrained model wrote, per template
+        study.set_user_attr("zero_shot_examples", examples)
     study.set_user_attr("zero_shot", scores)
     return [
         f"zero-shot {metric} (no training): template {t} x verbalizer {v}: {value:.4f}"

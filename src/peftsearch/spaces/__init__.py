@@ -29,6 +29,7 @@ from peftsearch.spaces._params import (
 from peftsearch.spaces._paths import PathProblem, is_data_file_name, resolve
 from peftsearch.spaces._schema import (
     DataSpec,
+    GenerationSpec,
     ModelSpec,
     ObjectivesSpec,
     PrunerSpec,
@@ -50,6 +51,7 @@ __all__ = [
     "PrunerSpec",
     "CategoricalDist",
     "DataSpec",
+    "GenerationSpec",
     "FloatDist",
     "IntDist",
     "ModelSpec",

@@ -20,92 +20,30 @@ from peftsearch.spaces._params import (
     check_param,
     method_problem,
 )
+from peftsearch.spaces._sections import (
+    DataSpec,
+    FilesSpec,
+    GenerationSpec,
+    ModelSpec,
+    ObjectivesSpec,
+    SplitSpec,
+)
 from peftsearch.spaces._templates import DEMOS, Template, check_template, has_mask_slot, has_slot
+
+__all__ = [
+    "DataSpec",
+    "FilesSpec",
+    "GenerationSpec",
+    "ModelSpec",
+    "ObjectivesSpec",
+    "PrunerSpec",
+    "Space",
+    "SplitSpec",
+    "StudySpec",
+]
 
 _Section = Strict
 MAX_PACK = 256  # study.pack
-
-
-class ModelSpec(_Section):
-    path: str = Field(
-        description="local directory, a .gguf file (dequantized on load), pkg://PACKAGE/dir, "
-        "or a hub id"
-    )
-    max_length: int = Field(128, ge=8, le=8192, description="tokens per example, template included")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="weights dtype; training autocasts to bf16 on CUDA either way"
-    )
-    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    trust_remote_code: bool = Field(False, description="run code shipped with the model: opt in")
-    head: Literal["classifier", "verbalizer"] = Field(
-        "classifier",
-        description="classifier: a new classification head; verbalizer: the pretrained LM head "
-        "scores each label's words (causal LMs at the template's end, masked LMs at {mask})",
-    )
-
-
-class SplitSpec(_Section):
-    """Fractions of a fixed-seed stratified split, used for splits the data does not give."""
-
-    validation: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.1, gt=0, lt=1)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _sum(self) -> SplitSpec:
-        if self.validation + self.test >= 1:
-            raise ValueError(f"validation + test must be < 1, got {self.validation} + {self.test}")
-        return self
-
-
-class FilesSpec(_Section):
-    train: str
-    validation: str | None = None
-    test: str | None = None
-
-
-class DataSpec(_Section):
-    path: str | None = Field(None, description="a csv/jsonl/parquet file, or a hub dataset name")
-    files: FilesSpec | None = Field(None, description="splits given as separate files")
-    subset: str | None = Field(None, description="hub dataset configuration name")
-    text_columns: list[str] = Field(min_length=1, max_length=2)
-    label_column: str = "label"
-    labels: list[str] = Field(min_length=2, description="label names; position = class id")
-    drop_unlisted_labels: bool = Field(False, description="drop rows whose label is not listed")
-    drop_duplicates: bool = Field(False, description="drop rows whose text repeats an earlier row")
-    split: SplitSpec = Field(default_factory=SplitSpec)
-    train_size: int | None = Field(None, ge=1, description="train rows a trial sees (subsample)")
-    eval_size: int | None = Field(None, ge=1, description="validation rows a trial is scored on")
-    truncation: Literal["tail", "head", "middle"] = Field(
-        "tail",
-        description="which part of a text longer than model.max_length is cut (tail: its end, "
-        "keeping the start); only text is cut, never a template's own words or its {mask}",
-    )
-
-    @field_validator("text_columns", mode="before")
-    @classmethod
-    def _one_column(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("labels")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        dupes = sorted({x for x in v if v.count(x) > 1})
-        if dupes:
-            raise ValueError(f"label names must be unique; repeated: {', '.join(dupes)}")
-        return v
-
-    @model_validator(mode="after")
-    def _source(self) -> DataSpec:
-        if (self.path is None) == (self.files is None):
-            raise ValueError("give exactly one of `path` (one file or hub name) and `files`")
-        return self
-
-
-class ObjectivesSpec(_Section):
-    metric: str = Field("accuracy", description="maximized; see peftsearch.objectives.METRICS")
-    metric_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. average: macro")
-    cost: Literal["trainable_params"] = Field("trainable_params", description="minimized")
 
 
 class PrunerSpec(_Section):
@@ -280,7 +218,11 @@ class Space(_Section):
     task: str | None = Field(
         None,
         description="what a trial learns: classify (model.head classifier), verbalize "
-        "(model.head verbalizer) or a registered task; default: from model.head",
+        "(model.head verbalizer), generate (model.head generator) or a registered task; "
+        "default: from model.head",
+    )
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="task generate: how answers are decoded"
     )
 
     @property
@@ -288,12 +230,15 @@ class Space(_Section):
         """The task a trial of this space runs (``task:``, or the one of ``model.head``)."""
         if self.task is not None:
             return self.task
-        return "verbalize" if self.model.head == "verbalizer" else "classify"
+        return {"verbalizer": "verbalize", "generator": "generate"}.get(self.model.head, "classify")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Space:
         if self.task is not None:
+            if "head" not in self.model.model_fields_set and self.task in TASKS:
+                self.model.head = TASKS[self.task]  # type: ignore[assignment]
             _check_task(self.task, self.model.head)
+        self._check_answers()
         for name, tmpl in self.templates.items():
             try:
                 check_template(tmpl, self.data.text_columns, self.model.head == "verbalizer")
@@ -369,12 +314,38 @@ class Space(_Section):
                 )
         return self
 
+    def _check_answers(self) -> None:
+        """Labels for the label tasks; a target column, and no labels, for generation."""
+
+        def fail(msg: str, *loc: Any) -> None:
+            raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
+
+        data = self.data
+        if self.model.head == "generator":
+            if data.target_column is None:
+                fail(
+                    "task generate needs the column of reference texts, e.g. target_column: answer",
+                    "data",
+                    "target_column",
+                )
+            if data.labels:
+                fail("task generate writes text; it takes no labels", "data", "labels")
+            return
+        if len(data.labels) < 2:
+            fail("needs at least 2 items (the label names)", "data", "labels")
+        if data.target_column is not None:
+            fail(
+                "target_column is for task generate; a label task reads label_column",
+                "data",
+                "target_column",
+            )
+
     def _check_verbalizers(self) -> None:
         def fail(msg: str, *loc: Any) -> None:
             raise PydanticCustomError("at_key", "{msg}", {"msg": msg, "loc": loc})
 
         verbalizer = (self.params or {}).get("verbalizer")
-        if self.model.head == "classifier":
+        if self.model.head != "verbalizer":
             if self.verbalizers or self.auto_verbalizers is not None:
                 fail("verbalizers need model.head: verbalizer", "verbalizers")
             if verbalizer is not None:
@@ -430,9 +401,12 @@ class Space(_Section):
                 )
 
     @property
-    def lm_kind(self) -> Literal["masked", "causal"] | None:
+    def lm_kind(self) -> Literal["masked", "causal", "generator"] | None:
         """model.head verbalizer: ``masked`` when the templates have ``{mask}``, else
-        ``causal``; None for the classifier head."""
+        ``causal``; ``generator`` for model.head generator (a causal LM or an encoder-decoder,
+        as the model's config says); None for the classifier head."""
+        if self.model.head == "generator":
+            return "generator"
         if self.model.head != "verbalizer":
             return None
         return "masked" if any(has_mask_slot(t) for t in self.templates.values()) else "causal"
@@ -495,8 +469,7 @@ def _check_task(task: str, head: str) -> None:
 
 def default_params(space: Space) -> dict[str, Any]:
     """The space searched when a file has no ``params:`` section (see DEFAULT_PARAMS)."""
-    kind = "classifier" if space.model.head == "classifier" else "verbalizer"
-    return {k: v for k, v in DEFAULT_PARAMS[kind].items()}
+    return {k: v for k, v in DEFAULT_PARAMS[space.model.head].items()}
 
 
 def _enqueue_problem(spec: CategoricalDist | FloatDist | IntDist, value: Any) -> str | None:

@@ -85,8 +85,22 @@ class IA3(Adapter):
         return out
 
     def prepare(self, engine: Any, rows: Any, segments: list[tuple[Any, int]]) -> None:
-        names = {n for s, _ in segments if (st := s.state.get(self.name)) for n in st["layers"]}
-        rows.extra[self.name] = names
+        """The layers some trial of the batch scales, each with which batch rows are such a
+        trial's (``[N, 1, 1]``, 1 or 0): the others' rows are not scaled at all, so that the
+        identity pad of a trial without IA3 gets no gradient (it would count in that trial's
+        gradient norm, and change its clipping, when packed with an IA3 trial)."""
+        import torch
+
+        layers = [st["layers"] if (st := s.state.get(self.name)) else {} for s, _ in segments]
+        names = {n for ls in layers for n in ls}
+        counts = torch.tensor([n for _, n in segments])
+        rows.extra[self.name] = {
+            name: torch.tensor([float(name in ls) for ls in layers])
+            .repeat_interleave(counts)
+            .view(-1, 1, 1)
+            .to(engine.device)
+            for name in names
+        }
 
     # -- outside the engine -----------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ def _config(model_config: Any, task_type: Any) -> Any:
 def _scales(rows: Any, name: str) -> Any:
     """``[N, 1, d]``: each batch row's trial's scale on layer ``name`` (1 + the field)."""
     field = rows.stack.fields[f"ia3.{name}"]
-    return (1 + field.index_select(0, rows.slot_rows)).unsqueeze(1)
+    return 1 + field.index_select(0, rows.slot_rows).unsqueeze(1) * rows.extra["ia3"][name]
 
 
 def _output_hook(rows: Any, name: str) -> Any:

@@ -151,6 +151,7 @@ class LoRA(Adapter):
             "learning_rate": log_range(5e-4, 5e-3),
         },
         "verbalizer": {"lora_r": cat(0, 1, 4, 16), "learning_rate": log_range(1e-4, 3e-3)},
+        "generator": {"lora_r": cat(0, 2, 8), "learning_rate": log_range(2e-4, 3e-3)},
     }
 
     def used(self, params: dict[str, Any]) -> bool:

@@ -56,6 +56,10 @@ class SoftPrompt(Adapter):
             "prompt_length": cat(0, 4, 16),
             "prompt_learning_rate": log_range(1e-3, 1e-1),
         },
+        "generator": {
+            "prompt_length": cat(0, 8, 20),
+            "prompt_learning_rate": log_range(3e-3, 1e-1),
+        },
     }
 
     def used(self, params: dict[str, Any]) -> bool:

@@ -1,14 +1,15 @@
 """The task kinds, one module each, registered in one place.
 
-Built in: :mod:`.classify` (a new classification head) and :mod:`.verbalize` (LM label
-words). A new kind is a subclass of :class:`Task` in its own module and one :func:`register`
-call; ``docs/ARCHITECTURE.md`` has the checklist.
+Built in: :mod:`.classify` (a new classification head), :mod:`.verbalize` (LM label
+words) and :mod:`.generate` (written answers). A new kind is a subclass of :class:`Task` in
+its own module and one :func:`register` call; ``docs/ARCHITECTURE.md`` has the checklist.
 """
 
 from __future__ import annotations
 
 from peftsearch.objectives.tasks._base import Task
 from peftsearch.objectives.tasks.classify import Classify
+from peftsearch.objectives.tasks.generate import Generate
 from peftsearch.objectives.tasks.verbalize import Verbalize
 from peftsearch.spaces import register_params, register_task
 
@@ -50,5 +51,6 @@ def for_lm_kind(lm_kind: str | None) -> Task:
 # The built-in kinds. A new one: its module, its import above and one line here.
 register(Classify())
 register(Verbalize())
+register(Generate())
 
-__all__ = ["TASKS", "Classify", "Task", "Verbalize", "for_lm_kind", "get", "register"]
+__all__ = ["TASKS", "Classify", "Generate", "Task", "Verbalize", "for_lm_kind", "get", "register"]

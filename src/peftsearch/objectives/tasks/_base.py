@@ -35,6 +35,12 @@ class Task:
     head: ClassVar[str] = ""
     rules: ClassVar[dict[str, Rule]] = {}
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # A prediction is written text, decoded by the engine (:meth:`decode_batch`), not the
+    # argmax of :meth:`scores`.
+    decodes: ClassVar[bool] = False
+    # Batch columns besides the model's inputs that :meth:`scores` reads from its kwargs
+    # (the packed rows' values, concatenated; 2-D ones right padded).
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def peft_task_type(self, lm_kind: str | None) -> Any:
         """peft's ``TaskType`` for this task's adapters."""
@@ -90,6 +96,10 @@ class Task:
     def check_metric(self, metric: Any, spec: Any, file: str) -> None:
         """Fail before training when the metric cannot score this task's answers (bad
         ``metric_kwargs``): SpaceError naming the key."""
+
+    def examples(self, held: Any, predictions: list[Any], k: int = 5) -> list[Any]:
+        """A few held rows with their prediction, stored with a trial (none by default)."""
+        return []
 
     def zero_shot(self, runner: Any, n_demos: int, verbalizers: Any) -> dict[str, Any]:
         """The untrained model's metric per template (and per verbalizer): what training
