@@ -1,6 +1,7 @@
 """Load and run a model saved by `search train`: transformers + peft only, no peftsearch.
 
     python load.py 'a text to classify' 'another one'      # JSON lines
+    python load.py 'a question to answer'                  # a generator: {"text", "output"}
 
 or, in Python:
 
@@ -28,6 +29,7 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
@@ -39,8 +41,9 @@ def load_model(model_dir: str | Path, device: str | None = None) -> tuple[Any, A
     remote = info["trust_remote_code"]
     top = (model_dir / "adapter_config.json").is_file()  # a peft adapter (else a whole model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=remote)
-    if info.get("head") == "verbalizer":  # the base LM's own head scores the label words
-        auto = AutoModelForMaskedLM if info["lm_kind"] == "masked" else AutoModelForCausalLM
+    if info.get("head") in ("verbalizer", "generator"):  # the base LM and its own head
+        autos = {"masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}
+        auto = autos.get(info["lm_kind"], AutoModelForCausalLM)
         where: str = info["base_model"]
         extra: dict[str, Any] = {"trust_remote_code": remote}
         if where.endswith(".gguf"):  # transformers dequantizes a GGUF file to plain weights
@@ -213,12 +216,15 @@ def fit_row(
 def predict_texts(
     model: Any, tokenizer: Any, info: dict[str, Any], texts: list[str], batch_size: int = 64
 ) -> list[dict[str, Any]]:
-    """Render the template on each text and classify: [{text, label, scores {label: prob}}].
+    """Render the template on each text and classify: [{text, label, scores {label: prob}}]
+    (a generator: [{text, output}], see :func:`generate_texts`).
 
     With two text columns (a pair template), each text holds both, separated by a tab.
     """
     import torch
 
+    if info.get("head") == "generator":
+        return generate_texts(model, tokenizer, info, texts, batch_size)
     columns, template, labels = info["text_columns"], info["template"], info["labels"]
     masked = info.get("lm_kind") == "masked"
     rows: list[dict[str, Any]] = []
@@ -261,6 +267,76 @@ def predict_texts(
                 {"text": text, "label": labels[best], "scores": dict(zip(labels, p, strict=True))}
             )
     return out
+
+
+def generate_texts(
+    model: Any, tokenizer: Any, info: dict[str, Any], texts: list[str], batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """A generator (``task: generate``): render the template on each text (cut to
+    ``prompt_max_length`` tokens, never the template's words) and write the answer greedily,
+    at most ``max_new_tokens`` tokens, up to the first EOS: [{text, output}]."""
+    import torch
+
+    columns, template = info["text_columns"], info["template"]
+    rows = []
+    for text in texts:
+        values = text.split("\t", 1) if len(columns) == 2 else [text]
+        if len(values) != len(columns):
+            raise ValueError(f"{text!r}: give both {' and '.join(columns)}, separated by a tab")
+        rows.append({**dict(zip(columns, values, strict=True)), "demos": info.get("demos", "")})
+    side, room = info.get("truncation", "tail"), info["prompt_max_length"]
+    rows = fit_rows(template, rows, columns, tokenizer, room, side, ("demos",))
+    rendered = [_render(template, row) for row in rows]
+    device = next(model.parameters()).device
+    eos, out = tokenizer.eos_token_id, []
+    for start in range(0, len(rendered), batch_size):
+        chunk = rendered[start : start + batch_size]
+        enc = tokenizer(chunk, truncation=True, max_length=room, padding=True, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        greedy = {
+            "max_new_tokens": info["max_new_tokens"],
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        with torch.no_grad():
+            if info["lm_kind"] == "causal" and info.get("prompt_length"):
+                new = _prompted_generate(model, enc, greedy)
+            else:  # a causal LM returns the prompt, then the new tokens; an encoder-decoder
+                ids = model.generate(**enc, **greedy)  # its start token, then the new tokens
+                cut = 1 if info["lm_kind"] == "seq2seq" else enc["input_ids"].shape[1]
+                new = ids[:, cut:]
+        for text, row in zip(texts[start : start + batch_size], new.tolist(), strict=True):
+            row = row[: row.index(eos)] if eos in row else row
+            output = tokenizer.decode(row, skip_special_tokens=True).strip()
+            out.append({"text": text, "output": output})
+    return out
+
+
+def _prompted_generate(model: Any, enc: dict[str, Any], greedy: dict[str, Any]) -> Any:
+    """The new tokens a causal LM with a soft prompt writes, its rows laid out as in training:
+    ``[padding, prompt, tokens]``, positions counted from each row's first real column.
+    (peft's own ``generate`` puts the prompt before the padding and ignores position ids, so
+    a left-padded row's positions shift by its padding.) The LM beneath the prompt, with any
+    LoRA injected into it, writes from these embeddings."""
+    import torch
+
+    lm = model.get_base_model()
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    prompt = model.get_prompt(batch_size=len(ids)).to(lm.dtype)  # [rows, k, hidden]
+    tokens = lm.get_input_embeddings()(ids)
+    k, width = prompt.shape[1], ids.shape[1]
+    rows, masks = [], []
+    for i in range(len(ids)):
+        pad = width - int(mask[i].sum())  # left padding
+        rows.append(torch.cat([tokens[i, :pad], prompt[i], tokens[i, pad:]]))
+        masks.append(torch.cat([mask[i, :pad], mask.new_ones(k), mask[i, pad:]]))
+    embeds, mask = torch.stack(rows), torch.stack(masks)
+    return lm.generate(inputs_embeds=embeds, attention_mask=mask, **greedy)  # new tokens only
 
 
 def label_scores(model: Any, tokenizer: Any, info: dict[str, Any], enc: dict[str, Any]) -> Any:

@@ -1,7 +1,7 @@
 """``search train``'s training, by head: a new classification head trained by the plain loop
-(:func:`train_classifier`), or the LM's own head scoring label words, trained by the search's
-engine with one slot (:func:`train_verbalizer`). Either returns a :class:`Trained`, which
-:func:`peftsearch.objectives.saving.save` writes."""
+(:func:`train_classifier`), the LM's own head scoring label words (:func:`train_verbalizer`) or
+writing answers (:func:`train_generator`), both trained by the search's engine with one slot.
+Each returns a :class:`Trained`, which :func:`peftsearch.objectives.saving.save` writes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Trained:
     stats: Any  # TrainStats
     trainable: int
     base_params: int
-    predictions: dict[str, list[int]]  # validation and test, argmax per row
+    predictions: dict[str, list[Any]]  # validation and test: a class id (or text) per row
     write: Callable[[Path], None]  # writes the trained weights into a directory
     want: list[dict[str, Any]]  # the trained model's own predictions of the probe texts
     info: dict[str, Any] = field(default_factory=dict)  # what inference.json adds for this head
@@ -316,3 +316,84 @@ def _verbalizer_info(
         "label_token_ids": words,
         "prompt_length": slot.prompt_length,
     }
+
+
+# -- the LM writing answers ------------------------------------------------------------------------
+
+
+def train_generator(
+    space: Any,
+    params: dict[str, Any],
+    splits: Any,
+    device: Any,
+    on_step: Callable[..., None] | None,
+    info: dict[str, Any],
+    probe: list[str],
+    checkpoint: Checkpoint | None = None,
+) -> Trained:
+    """``task: generate``: trained by the search's engine with one slot (its rows, loss and
+    greedy decoding), then written as plain peft adapters of the causal LM or encoder-decoder;
+    ``info`` gets what ``load.py`` needs to write answers the same way."""
+    from peftsearch.errors import SpaceError
+    from peftsearch.objectives.data import TemplateTooLong
+    from peftsearch.objectives.packed import PackedEngine
+
+    base, tokenizer, base_params = _frozen_base(space, device)
+    inputs = _inputs(space, params, splits, tokenizer, info)
+    try:
+        data = {split: inputs.encode(getattr(splits, split)) for split in ("validation", "test")}
+        data["train"] = inputs.encode(_trained_rows(splits, info))
+    except TemplateTooLong as exc:
+        raise SpaceError(str(space.file), f"templates.{params['template']}", str(exc)) from None
+    room = space.generation.max_new_tokens
+    engine = PackedEngine(
+        base,
+        device,
+        tokenizer.padding_side == "left",
+        lm_kind=space.lm_kind,
+        special_ids=set(tokenizer.all_special_ids),
+        task=space.task_name,
+        tokenizer=tokenizer,
+        max_new_tokens=room,
+    )
+    try:
+        slot = engine.add("train", params, data["train"], data["validation"], space.study.seed)
+        stats, result = _run_engine(engine, slot, checkpoint, on_step)
+        slot.eval_data = data["test"]
+        test = engine.evaluate([slot])[slot.key]
+        want = _engine_outputs(engine, slot, probe, info, inputs)
+    finally:
+        engine.close()  # hooks off: the base model is plain again
+    lm_kind = str(engine.lm_kind)
+
+    def write(into: Path) -> None:
+        saving.save_lm_adapters(base, slot, lm_kind, space.model.path, into, space.task_name)
+
+    extra = {
+        "lm_kind": lm_kind,
+        "padding_side": tokenizer.padding_side,
+        "max_new_tokens": room,
+        "prompt_max_length": space.model.max_length - (0 if lm_kind == "seq2seq" else room),
+        "prompt_length": slot.prompt_length,
+    }
+    predictions = {"validation": result.predictions, "test": test.predictions}
+    return Trained(
+        tokenizer, slot.cfg, stats, slot.trainable, base_params, predictions, write, want, extra
+    )
+
+
+def _engine_outputs(
+    engine: Any, slot: Any, texts: list[str], info: dict[str, Any], inputs: _Inputs
+) -> list[dict[str, Any]]:
+    """What the engine's trained slot writes for ``texts`` (``predict_texts`` rows)."""
+    import pandas as pd
+
+    from peftsearch.objectives.tasks.generate import TARGET
+
+    if not texts:
+        return []
+    columns = info["text_columns"]
+    rows = [dict(zip(columns, t.split("\t", 1), strict=True)) for t in texts]
+    slot.eval_data = inputs.encode(pd.DataFrame(rows).assign(**{TARGET: ""}))
+    written = engine.evaluate([slot])[slot.key].predictions
+    return [{"text": t, "output": o} for t, o in zip(texts, written, strict=True)]

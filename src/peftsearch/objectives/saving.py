@@ -17,7 +17,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftsearch.objectives.load import label_scores, load_model, predict_texts
+from peftsearch.objectives.load import (
+    _prompted_generate,
+    generate_texts,
+    label_scores,
+    load_model,
+    predict_texts,
+)
 from peftsearch.objectives.model_card import readme
 
 if TYPE_CHECKING:
@@ -81,7 +87,9 @@ def save_injected(model: Any, adapter: Any, into: Path, base_model: str) -> None
     save_file(weights, str(into / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into: Path) -> None:
+def save_lm_adapters(
+    base: Any, slot: Any, lm_kind: str, base_model: str, into: Path, task: str | None = None
+) -> None:
     """A verbalizer slot's trained adapters as peft adapters on ``base`` (modified in place: it
     is not needed after training), in the classifier layout (:func:`adapters.arrange`): the top
     directory holds the outer adapter, a sub-directory each adapter injected beneath it. Each
@@ -91,16 +99,17 @@ def save_lm_adapters(base: Any, slot: Any, lm_kind: str, base_model: str, into: 
 
     from peftsearch.objectives import adapters, tasks
 
-    task = tasks.for_lm_kind(lm_kind).peft_task_type(lm_kind)
+    owner = tasks.get(task) if task else tasks.for_lm_kind(lm_kind)
+    task_type = owner.peft_task_type(lm_kind)
     configs = {
         a.name: c
         for a in adapters.used(slot.params)
-        if (c := a.slot_config(slot, task, base.config)) is not None
+        if (c := a.slot_config(slot, task_type, base.config)) is not None
     }
     unsaved = {name.split(".")[0] for name in slot.tensors} - set(configs)
     if unsaved:
         raise RuntimeError(
-            f"adapter {', '.join(sorted(unsaved))} has no peft config: a verbalizer head's "
+            f"adapter {', '.join(sorted(unsaved))} has no peft config: an LM head's "
             "`search train` cannot save it"
         )
     if not configs:
@@ -131,6 +140,14 @@ def check_reload(want: list[dict[str, Any]], saved: Path, probe: list[str], devi
         warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
         again, again_tok, again_info = load_model(saved, device)
     got = predict_texts(again, again_tok, again_info, probe)
+    if want and "output" in want[0]:  # written text: the same words, row by row
+        differ = [a["text"] for a, b in zip(want, got, strict=True) if a["output"] != b["output"]]
+        if differ:
+            raise RuntimeError(
+                f"the saved model does not reproduce the trained one: it writes other text "
+                f"for {len(differ)} of {len(want)} probe texts (first: {differ[0]!r})"
+            )
+        return
     worst = max(
         abs(a["scores"][k] - b["scores"][k])
         for a, b in zip(want, got, strict=True)
@@ -162,7 +179,7 @@ def load_py() -> str:
         exec(compile(text, "load.py", "exec"), defined)
     except SyntaxError as exc:
         raise RuntimeError(f"cannot write load.py: its source does not parse: {exc}") from None
-    for f in (load_model, predict_texts, label_scores):
+    for f in (load_model, predict_texts, generate_texts, _prompted_generate, label_scores):
         again = defined.get(f.__name__)
         if again is None or again.__code__.co_code != f.__code__.co_code:
             raise RuntimeError(

@@ -215,7 +215,7 @@ def train(
 
 @dataclass
 class EvalResult:
-    predictions: list[int]
+    predictions: list[Any]
     loss: float
     seconds: float
 

@@ -43,6 +43,7 @@ from peftsearch.objectives import adapters
 from peftsearch.objectives.trial import TrialConfig
 from peftsearch.reports.export_readme import OPTIMIZER_SNIPPET, _readme, neighbours
 from peftsearch.reports.export_settings import (
+    generator_kind,
     optimizer_groups,
     peft_configs,
     training_args,
@@ -117,6 +118,7 @@ def _config_yaml(
         },
         "output": "rerun",
         **({"task": space["task"]} if space.get("task") else {}),
+        **({"generation": space["generation"]} if _generates(space) else {}),
     }
     sizes = study.user_attrs.get("data", {}).get("sizes", {})
     evaluated = sizes.get("trial_eval") or data.get("eval_size") or "all validation"
@@ -155,10 +157,18 @@ def _umask() -> int:
     return mask
 
 
+def _generates(space: dict[str, Any]) -> bool:
+    return bool(space["model"].get("head") == "generator" and space.get("generation"))
+
+
 def _lm_kind(space: dict[str, Any], template: Any) -> str | None:
     """None (a classifier head), or for a verbalizer head ``masked`` when the template has a
-    ``{mask}`` slot, else ``causal`` (as ``Space.lm_kind``)."""
-    if space["model"].get("head", "classifier") != "verbalizer":
+    ``{mask}`` slot, else ``causal`` (as ``Space.lm_kind``); for a generator ``seq2seq`` or
+    ``causal``, as the model's config says."""
+    head = space["model"].get("head", "classifier")
+    if head == "generator":
+        return generator_kind(space["model"])
+    if head != "verbalizer":
         return None
     return "masked" if has_mask_slot(template) else "causal"
 
@@ -220,7 +230,7 @@ def export_trial(study: Any, number: int, to: Path) -> Path:
     config_text = _config_yaml(study, trial, space, params, template, to)
     targs = training_args(params, seed, sizes.get("train"))
     lm_kind = _lm_kind(space, template)
-    configs = peft_configs(params, str(space["model"]["path"]), lm_kind)
+    configs = peft_configs(params, str(space["model"]["path"]), lm_kind, space.get("task"))
     readme = _readme(
         study, trial, params, template, neighbours(study, trial), targs, to, metric, sizes, lm_kind
     )

@@ -13,21 +13,40 @@ from peftsearch.errors import UserError
 from peftsearch.objectives import adapters
 
 
-def peft_configs(params: dict[str, Any], base: str, lm_kind: str | None = None) -> dict[str, Any]:
+def peft_configs(
+    params: dict[str, Any], base: str, lm_kind: str | None = None, task: str | None = None
+) -> dict[str, Any]:
     """peft configs the trial's adapters are built from, by sub-directory ('' = the top).
 
     The composition of :func:`peftsearch.objectives.adapters.peft_configs` (with both LoRA and
     a soft prompt the prompt is the outer model, the top, and LoRA the injected part, ``lora``).
-    ``lm_kind`` (``causal`` / ``masked``, verbalizer heads) sets the task type ``search train``
-    saves with.
+    ``lm_kind`` (``causal`` / ``masked``, verbalizer heads; ``causal`` / ``seq2seq``, the
+    ``task`` generate) sets the task type ``search train`` saves with.
     """
     from peftsearch.objectives import tasks
 
-    task = tasks.for_lm_kind(lm_kind).peft_task_type(lm_kind)
-    out = adapters.peft_configs(params, task)
+    owner = tasks.get(task) if task else tasks.for_lm_kind(lm_kind)
+    out = adapters.peft_configs(params, owner.peft_task_type(lm_kind))
     for config in out.values():
         config.base_model_name_or_path = base
     return out
+
+
+def generator_kind(model: dict[str, Any]) -> str:
+    """``seq2seq`` when the model's config says it is an encoder-decoder, else ``causal``
+    (also when the config cannot be read here: ``search train`` reads it again)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    where, kwargs = str(model["path"]), {"trust_remote_code": bool(model.get("trust_remote_code"))}
+    if where.endswith(".gguf"):
+        return "causal"  # transformers reads GGUF files of decoder-only models only
+    try:
+        config = AutoConfig.from_pretrained(str(Path(where)), **kwargs)
+    except (OSError, ValueError):
+        return "causal"
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
 def training_args(params: dict[str, Any], seed: int, train_rows: int | None) -> dict[str, Any]:

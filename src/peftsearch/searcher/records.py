@@ -146,8 +146,8 @@ def _record_zero_shot(study: Any, space: Space, runner: Runner) -> list[str]:
     for k in counts:
         by_count[str(k)] = runner.zero_shot(k)
         lines += [
-            f"zero-shot {metric} with {k} demonstration(s) per class: template {t} x "
-            f"verbalizer {v}: {value:.4f}"
+            f"zero-shot {metric} with {k} demonstration(s) per class: template {t}{_by(v)}: "
+            f"{value:.4f}"
             for t, by_v in by_count[str(k)].items()
             for v, value in by_v.items()
         ]
@@ -158,7 +158,12 @@ def _record_zero_shot(study: Any, space: Space, runner: Runner) -> list[str]:
         study.set_user_attr("zero_shot_examples", examples)
     study.set_user_attr("zero_shot", scores)
     return [
-        f"zero-shot {metric} (no training): template {t} x verbalizer {v}: {value:.4f}"
+        f"zero-shot {metric} (no training): template {t}{_by(v)}: {value:.4f}"
         for t, by_v in scores.items()
         for v, value in by_v.items()
     ] + lines
+
+
+def _by(verbalizer: str) -> str:
+    """`` x verbalizer V`` (nothing for a task without verbalizers: the key ``None``)."""
+    return "" if verbalizer == "None" else f" x verbalizer {verbalizer}"

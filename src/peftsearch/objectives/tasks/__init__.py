@@ -44,8 +44,11 @@ def get(name: str) -> Task:
 
 
 def for_lm_kind(lm_kind: str | None) -> Task:
-    """The built-in task of a base of ``lm_kind`` (None: a sequence classifier)."""
-    return TASKS["classify" if lm_kind is None else "verbalize"]
+    """The built-in task of a base of ``lm_kind`` (None: a sequence classifier; ``seq2seq``:
+    an encoder-decoder, which only generates)."""
+    if lm_kind is None:
+        return TASKS["classify"]
+    return TASKS["generate" if lm_kind == "seq2seq" else "verbalize"]
 
 
 # The built-in kinds. A new one: its module, its import above and one line here.
