@@ -358,3 +358,42 @@ def test_output_directory_not_writable(make_space, tiny_model: Path, tmp_path: P
         ),
     ]
     expect_bad_input(tmp_path, *cases)
+
+
+# -- task generate (its data and metric) -------------------------------------------------------
+
+
+def test_bad_generation_spaces(make_space, tiny_llama: Path, tmp_path: Path) -> None:
+    """A generation space without its reference column, with labels, with a class metric,
+    with a reference column the data lacks, or whose references are all empty."""
+    gen = {"task": "generate", "data.labels": None, "data.label_column": None}
+    qa = {**gen, "data.target_column": "label", "objectives.metric": "chrf"}
+    empty = _write(
+        tmp_path / "empty.jsonl", [{"text": f"film {i}", "label": ""} for i in range(30)]
+    )
+    expect_bad_input(
+        tmp_path,
+        Case(make_space(gen, "no_target.yaml"), "data.target_column", ["needs the column"]),
+        Case(
+            make_space({**qa, "data.labels": ["neg", "pos"]}, "labels.yaml"),
+            "data.labels",
+            ["takes no labels"],
+        ),
+        Case(
+            make_space({**qa, "data.target_column": "answer"}, "column.yaml"),
+            "data.target_column",
+            ["column 'answer' is not in the train data"],
+        ),
+        Case(
+            make_space({**qa, "data.path": str(empty)}, "empty.yaml"),
+            "data.target_column",
+            ["every one of the", "empty reference text"],
+            "label",
+        ),
+        Case(
+            make_space({**qa, "objectives.metric": "accuracy"}, "accuracy.yaml", tiny_llama),
+            "objectives.metric",
+            ["compares class ids", "task generate writes text"],
+            "accuracy",
+        ),
+    )

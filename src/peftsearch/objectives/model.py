@@ -38,6 +38,7 @@ def skeleton(config: Any, num_labels: int, lm_kind: str | None, trust_remote_cod
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
     )
 
@@ -46,7 +47,9 @@ def skeleton(config: Any, num_labels: int, lm_kind: str | None, trust_remote_cod
         if lm_kind is None:
             config.num_labels = num_labels
             return AutoModelForSequenceClassification.from_config(config, **kwargs)
-        auto = AutoModelForMaskedLM if lm_kind == "masked" else AutoModelForCausalLM
+        auto: Any = AutoModelForMaskedLM if lm_kind == "masked" else AutoModelForCausalLM
+        if lm_kind == "generator" and getattr(config, "is_encoder_decoder", False):
+            auto = AutoModelForSeq2SeqLM
         return auto.from_config(config, **kwargs)
 
 

@@ -43,11 +43,12 @@ class _Silent:
         pass
 
 
-def _summary(params: dict[str, Any]) -> str:
+def _summary(params: dict[str, Any], trains: bool = True) -> str:
     """``template [x verbalizer] | prompt K | r R | lr ...`` (``| ia3`` for a method without
     a size): each adapter's size
     (:attr:`Adapter.size_param`, named by its :attr:`Adapter.short`) and the rate of each part
-    the trial trains (the head's when it has its own, or when nothing else trains)."""
+    the trial trains (the head's when it has its own, or when nothing else trains);
+    ``trains`` False (a language model with no adapter): ``untrained``."""
 
     def rate(name: str | None) -> str:
         value = params.get(name) if name else None
@@ -75,7 +76,8 @@ def _summary(params: dict[str, Any]) -> str:
         if a.method and not a.size_param and a.name == method
     ]
     shown += [w for a in adapters.used(params) if a.method and (w := a.where(params))]
-    return f"{params.get('template')}{verbalizer} | {' | '.join(shown)} | lr {', '.join(lrs)}"
+    rates = f"lr {', '.join(lrs)}" if trains else "untrained"
+    return f"{params.get('template')}{verbalizer} | {' | '.join(shown)} | {rates}"
 
 
 def finished_line(trial: Any, metric: str) -> str:
@@ -83,7 +85,7 @@ def finished_line(trial: Any, metric: str) -> str:
     from optuna.trial import TrialState
 
     attrs = trial.user_attrs
-    summary = _summary(attrs.get("params") or trial.params)
+    summary = _summary(attrs.get("params") or trial.params, attrs.get("trainable_params") != 0)
     if "duplicate_of" in attrs:
         return (
             f"trial {trial.number}: the configuration of trial {attrs['duplicate_of']} again "

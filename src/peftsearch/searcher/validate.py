@@ -67,7 +67,9 @@ def check_space(space: Space) -> Iterator[str]:
     metric = load_metric(space.objectives.metric, file)
     tasks.get(space.task_name).check_metric(metric, space, file)
     yield f"metric: {space.objectives.metric} (maximized), trainable parameters (minimized)"
-    if space.lm_kind is not None:
+    if space.lm_kind == "generator":
+        yield from _generator_lines(space, splits, tokenizer)
+    elif space.lm_kind is not None:
         yield (
             f"head: verbalizer ({space.lm_kind} LM; label words scored "
             + ("at {mask})" if space.lm_kind == "masked" else "after the template's end)")
@@ -86,6 +88,13 @@ def _data_lines(space: Space, splits: Splits) -> Iterator[str]:
         + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
         + f" (split made: {', '.join(splits.record['made_by_split']) or 'none, files given'})"
     )
+    if "label" not in splits.train:  # a task whose answer is text
+        words = splits.train["target"].astype(str).str.split().str.len()
+        yield (
+            f"references (train, {space.data.target_column}): words per answer median "
+            f"{words.median():g}, 90th percentile {words.quantile(0.9):g}, max {words.max():,}"
+        )
+        return
     counts = Counter(splits.train["label"])
     yield "labels (train): " + ", ".join(
         f"{name} {counts.get(i, 0):,}" for i, name in enumerate(space.data.labels)
@@ -125,6 +134,9 @@ def _model_lines(space: Space) -> Generator[str, None, Any]:
 
     model = skeleton(config, len(space.data.labels), space.lm_kind, space.model.trust_remote_code)
     adapters.check_space(space, model, file)  # placements that match no layer
+    if space.lm_kind == "generator":  # how the generate task encodes (as load_base marks it)
+        seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        tokenizer.peftsearch_lm = "seq2seq" if seq2seq else "causal"
     yield f"model: {config.model_type}, {space.model.path}"
     return tokenizer
 
@@ -145,32 +157,67 @@ def _template_lines(space: Space, splits: Splits, tokenizer: Any) -> Iterator[st
 def _truncation_lines(space: Space, splits: Splits, tokenizer: Any) -> Iterator[str]:
     """Per template, how many train rows are longer than ``model.max_length`` and by how much;
     a template whose own words do not fit is an error."""
+    from peftsearch.objectives.tasks.generate import seq2seq
+
     file = str(space.file)
     rows = splits.train[space.data.text_columns].to_dict("records")
     if space.lm_kind == "masked":
         rows = [{**r, "mask": tokenizer.mask_token} for r in rows]
-    max_length = space.model.max_length
+    max_length, limit = space.model.max_length, "model.max_length"
+    if space.lm_kind == "generator" and not seq2seq(tokenizer):  # the answer's room kept
+        max_length -= space.generation.max_new_tokens
+        limit = "model.max_length - generation.max_new_tokens"
     for name, template in space.templates.items():
         own = own_length(template, tokenizer, list(space.data.text_columns))
         if own > max_length:
             raise SpaceError(
                 file,
                 f"templates.{name}",
-                f"the template's own words take {own} tokens, more than model.max_length "
+                f"the template's own words take {own} tokens, more than {limit} "
                 f"{max_length}: no text fits; shorten the template or raise max_length",
             )
         over = cut_rows(template, rows, tokenizer, max_length)
         cut = len(over)
         if not cut:
-            yield f"truncation {name!r}: no train row is longer than model.max_length {max_length}"
+            yield f"truncation {name!r}: no train row is longer than {limit} {max_length}"
             continue
         yield (
             f"truncation {name!r}: {cut:,} of {len(rows):,} train rows "
-            f"({100 * cut / len(rows):.0f} %) are longer than model.max_length {max_length}; "
+            f"({100 * cut / len(rows):.0f} %) are longer than {limit} {max_length}; "
             f"their text is cut at its {space.data.truncation} (tokens cut: mean "
             f"{sum(over) / cut:.1f}, median {statistics.median(over):g}, max {max(over):,}), "
             f"the template's own words ({own} tokens) are kept"
         )
+
+
+def _generator_lines(space: Space, splits: Splits, tokenizer: Any) -> Iterator[str]:
+    """How a generator's rows are made and answers written, and the references cut to
+    ``generation.max_new_tokens`` tokens, per template."""
+    from peftsearch.objectives.tasks.generate import seq2seq, space_first, too_long
+
+    room = space.generation.max_new_tokens
+    if seq2seq(tokenizer):
+        yield (
+            "head: generator (encoder-decoder: the template is the encoder's input, the "
+            f"reference the decoder's labels; greedy, at most {room} new tokens)"
+        )
+    else:
+        yield (
+            "head: generator (causal LM: the template, then the reference and EOS, loss on "
+            f"the reference; greedy, at most {room} new tokens; the template gets "
+            f"model.max_length - {room} = {space.model.max_length - room} tokens)"
+        )
+    texts = splits.train["target"].astype(str).tolist()
+    for name, template in space.templates.items():
+        cut = too_long(tokenizer, texts, room, space_first(template))
+        if cut:
+            yield (
+                f"references {name!r}: {cut:,} of {len(texts):,} train answers "
+                f"({100 * cut / len(texts):.0f} %) are longer than generation.max_new_tokens "
+                f"{room} tokens (EOS included) and are cut to it for training"
+            )
+        else:
+            yield f"references {name!r}: every train answer fits generation.max_new_tokens {room}"
 
 
 def _search_lines(space: Space) -> Iterator[str]:
