@@ -215,7 +215,13 @@ def test_training_lowers_the_loss_and_a_rung_decodes(runners, kind) -> None:
 def test_a_study_stores_zero_shot_outputs_and_written_examples(
     tmp_path, tiny_llama, pairs_csv
 ) -> None:
-    space = load_space(write(tmp_path, gen_space(tmp_path, tiny_llama, pairs_csv)))
+    import pandas as pd
+
+    data = pd.read_csv(pairs_csv)  # user text with markup: the report must escape it
+    data["question"] = "<i> " + data["question"]
+    marked = tmp_path / "marked.csv"
+    data.to_csv(marked, index=False)
+    space = load_space(write(tmp_path, gen_space(tmp_path, tiny_llama, marked)))
     outcome = run_study(space, show_progress=False)
     assert outcome.counts == {"complete": 3}
     study = open_study(space, create=False)
@@ -232,3 +238,11 @@ def test_a_study_stores_zero_shot_outputs_and_written_examples(
     assert record["target_column"] == "answer" and record["split_kind"] == "random"
     rows = record["rows"]
     assert not set(rows["test"]) & (set(rows["train"]) | set(rows["validation"]))
+    html = (space.output_dir / "report.html").read_text(encoding="utf-8")
+    front = [t.number for t in study.best_trials]
+    for number in front:
+        table = html.split(f'id="examples-{number}"', 1)[1].split("</table>", 1)[0]
+        assert table.count("&lt;i&gt;") == 5 and "<i>" not in table
+        assert "<th>untrained writes</th>" in table
+    zero_table = html.split('<table id="zero-shot">', 1)[1].split("</table>", 1)[0]
+    assert "<th>verbalizer</th>" not in zero_table and "None" not in zero_table

@@ -50,7 +50,7 @@ from peftsearch.reports.data.templates import (
     method_metrics,
     template_metrics,
 )
-from peftsearch.reports.data.zero_shot import found_words, zero_shot_rows
+from peftsearch.reports.data.zero_shot import found_words, written_examples, zero_shot_rows
 from peftsearch.reports.pareto import pareto_rows
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ __all__ = [
     "summary",
     "template_metrics",
     "method_metrics",
+    "written_examples",
     "zero_shot_rows",
 ]
 
@@ -115,6 +116,7 @@ class ReportData:
     confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.Confirmed
     full_confirmed: list[Any] = field(default_factory=list)  # reports.confirmed.FullConfirmed
     methods: list[TemplateMetrics] = field(default_factory=list)  # method_metrics
+    examples: list[dict[str, Any]] = field(default_factory=list)  # written_examples
 
 
 def compute_report(study: optuna.Study) -> ReportData:
@@ -137,6 +139,7 @@ def compute_report(study: optuna.Study) -> ReportData:
         table=pareto_rows(study),
         zero_shot=zero_shot_rows(study),
         found_words=found_words(study),
+        examples=written_examples(study),
         pruning=pruning_info(study),
         step_curves=step_curves(study),
         steps_history=hypervolume_by_steps(study),

@@ -62,3 +62,36 @@ def found_words(study: optuna.Study) -> dict[str, Any]:
     """``verbalizers: {auto: ...}``: the found verbalizers and each class's 10 best words
     (the ``auto_verbalizers`` study attribute), or {}."""
     return study.user_attrs.get("auto_verbalizers") or {}
+
+
+def written_examples(study: optuna.Study) -> list[dict[str, Any]]:
+    """task generate: for each trial of the Pareto front (fewest parameters first), the first
+    validation rows it was scored on, each with its input texts, the reference, what the
+    trial wrote, and what the untrained model wrote under the same template (the
+    ``zero_shot_examples`` study attribute).
+
+    Returns:
+        One dict per front trial: trial, template, trainable, metric, rows (input,
+        reference, output, zero_shot); [] when no trial stored examples.
+    """
+    untrained = study.user_attrs.get("zero_shot_examples") or {}
+    front = [t for t in common.complete(study) if t.user_attrs.get("examples")]
+    best = {t.number for t in study.best_trials} if front else set()
+    out = []
+    for t in sorted((t for t in front if t.number in best), key=lambda t: (t.values[1], t.number)):
+        template = str(common.config(study, t).get("template"))
+        zero = untrained.get(template) or []
+        rows = [
+            {**row, "zero_shot": zero[i]["output"] if i < len(zero) else None}
+            for i, row in enumerate(t.user_attrs["examples"])
+        ]
+        out.append(
+            {
+                "trial": t.number,
+                "template": template,
+                "trainable": int(t.values[1]),
+                "metric": float(t.values[0]),
+                "rows": rows,
+            }
+        )
+    return out

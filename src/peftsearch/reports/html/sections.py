@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftsearch.reports.html.confirmed import CONFIRMED
+from peftsearch.reports.html.examples import EXAMPLES
 from peftsearch.reports.html.facts import FAILURES, SUMMARY
 from peftsearch.reports.html.front import PARETO, PARETO_TABLE
 from peftsearch.reports.html.history import HISTORY, LOSS
@@ -22,6 +23,7 @@ REGISTRY: dict[str, Section[Any]] = {
         SUMMARY,
         PARETO,
         PARETO_TABLE,
+        EXAMPLES,
         CONFIRMED,
         BY_TEMPLATE,
         PER_TEMPLATE,
@@ -41,6 +43,7 @@ SECTIONS: tuple[str, ...] = (
     "summary",
     "pareto",
     "pareto_table",
+    "examples",
     "confirmed",
     "by_template",
     "per_template",

@@ -22,8 +22,10 @@ def _zero_shot_figure(rows: list[dict[str, Any]], metric: str) -> str:
     """Per template x verbalizer: the untrained score beside the best trained trial's."""
     import plotly.graph_objects as go
 
+    words = _has_verbalizers(rows)
     labels = [
-        f"{pesc(r['template'])} × {pesc(r['verbalizer'])}"
+        pesc(r["template"])
+        + (f" × {pesc(r['verbalizer'])}" if words else "")
         + (f" × {r['demos']} demos" if r.get("demos") else "")
         for r in rows
     ]
@@ -46,9 +48,14 @@ def _zero_shot_figure(rows: list[dict[str, Any]], metric: str) -> str:
         fig,
         barmode="group",
         yaxis={"title": {"text": pesc(metric)}},
-        xaxis={"title": {"text": "template × verbalizer"}},
+        xaxis={"title": {"text": "template × verbalizer" if words else "template"}},
     )
     return figure_html(fig, "fig-zero-shot")
+
+
+def _has_verbalizers(rows: list[dict[str, Any]]) -> bool:
+    """False for a task without verbalizers (text generation: the key ``None``)."""
+    return any(r["verbalizer"] != "None" for r in rows)
 
 
 def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
@@ -56,14 +63,17 @@ def _zero_shot_table(rows: list[dict[str, Any]], metric: str) -> str:
         return "" if x is None else fmt.format(x)
 
     demos = any(r.get("demos") for r in rows)
+    words = _has_verbalizers(rows)
     head = (
-        "<tr><th>template</th><th>verbalizer</th>"
+        "<tr><th>template</th>"
+        + ("<th>verbalizer</th>" if words else "")
         + ("<th>demos / class</th>" if demos else "")
         + f"<th>zero-shot {esc(metric)}</th>"
         f"<th>best trained {esc(metric)}</th><th>trial</th><th>gain</th></tr>"
     )
     body = "".join(
-        f"<tr><td>{esc(r['template'])}</td><td>{esc(r['verbalizer'])}</td>"
+        f"<tr><td>{esc(r['template'])}</td>"
+        + (f"<td>{esc(r['verbalizer'])}</td>" if words else "")
         + (f'<td class="num">{int(r.get("demos") or 0)}</td>' if demos else "")
         + f'<td class="num">{num(r["zero_shot"])}</td>'
         f'<td class="num">{num(r["best_trained"])}</td>'
