@@ -290,13 +290,15 @@ class _Train:
 
 
 class _Predict:
-    help = "predict labels with a model saved by `search train`"
+    help = "predict labels (or write answers) with a model saved by `search train`"
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("model_dir", help="the directory `search train` saved")
         src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+        src.add_argument(
+            "--text", action="append", help="a text to classify or answer (repeatable)"
+        )
         src.add_argument("--file", help="a file with one text per line")
 
     @staticmethod

@@ -246,3 +246,44 @@ def test_a_study_stores_zero_shot_outputs_and_written_examples(
         assert "<th>untrained writes</th>" in table
     zero_table = html.split('<table id="zero-shot">', 1)[1].split("</table>", 1)[0]
     assert "<th>verbalizer</th>" not in zero_table and "None" not in zero_table
+
+
+def test_demos_hold_train_rows_with_their_references(runners) -> None:
+    """``{demos}``: k random train rows, each worded by the template and followed by its
+    reference; the rows shown are not trained on."""
+    runner = runners["causal"]
+    runner.space.templates["shots"] = "{demos}review : {question} verdict"
+    try:
+        p = gparams(template="shots", n_demos=2)
+        text, rows = runner.demos(p)
+        train = runner.splits.train.set_index("row")
+        assert len(rows) == 2
+        for row in rows:
+            worded = f"review : {train.loc[row, 'question']} verdict {train.loc[row, 'target']}"
+            assert worded in text
+        trained, _ = runner.encoded(p)
+        assert len(trained) == len(runner.splits.trial_train) - len(
+            set(rows) & set(runner.splits.trial_train["row"])
+        )
+    finally:
+        del runner.space.templates["shots"]
+
+
+def test_confirm_at_the_full_budget_scores_the_test_split(tmp_path, tiny_t5, pairs_csv) -> None:
+    from peftsearch.reports.confirmed import full_prefix
+    from peftsearch.searcher.confirm import run_confirm
+
+    raw = gen_space(tmp_path, tiny_t5, pairs_csv)
+    raw["params"]["max_steps"] = 3
+    raw["study"]["n_trials"] = 2
+    space = load_space(write(tmp_path, raw))
+    run_study(space, show_progress=False)
+    done = run_confirm(space, trials="0", seeds=1, show_progress=False, budget="full")
+    study = open_study(space, create=False)
+    assert list(done) == [0]
+    (run,) = [v for k, v in study.user_attrs.items() if k.startswith(f"{full_prefix()}0:")]
+    from peftsearch.objectives.data import load_splits
+
+    splits = load_splits(space)  # the whole validation and test splits, not the subsamples
+    assert 0.0 <= run["test_metric"] <= 1.0 and run["test_rows"] == len(splits.test)
+    assert run["eval_rows"] == len(splits.validation) > 30 and run["test_loss"] > 0

@@ -350,11 +350,11 @@ def _as_text(row: dict[str, Any], columns: list[str]) -> str:
 
 
 def predict(model_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
-    """Classify ``texts`` with a model saved by :func:`train_exported`.
+    """Classify (or answer) ``texts`` with a model saved by :func:`train_exported`.
 
     Returns:
         One dict per text: ``text``, ``label`` (the most probable), ``scores`` (softmax
-        probability by label name).
+        probability by label name); for a generator ``text`` and ``output`` (what it wrote).
 
     Raises:
         UserError: not a directory saved by ``search train``, or a text that does not fit the
