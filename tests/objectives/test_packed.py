@@ -469,3 +469,26 @@ def test_a_lower_rank_trial_keeps_its_padding_at_zero_in_a_higher_rank_pack(
     finally:
         engine.clear()
         engine.capacity = 1
+
+
+def test_a_trial_without_ia3_gets_no_gradient_on_its_ia3_pads(runner: TrialRunner) -> None:
+    """Packed beside an IA3 trial, a LoRA trial's IA3 fields (zero: the identity) get no
+    gradient, so they cannot enter its gradient norm and change its clipping."""
+    engine = runner.engine
+    pack = runner.pack(2)
+    pack.add("lora", METHODS[0])
+    pack.add("ia3", METHODS[1])
+    try:
+        pack.step()
+        stack = engine.stack
+        rows = {s.key: s.row for s in engine.active}
+        ia3 = [name for name in stack.fields if name.startswith("ia3.")]
+        assert ia3 and set(rows) == {"lora", "ia3"}
+        for name in ia3:
+            grad = stack.fields[name].grad
+            assert float(grad[rows["lora"]].abs().max()) == 0.0
+            assert float(stack.fields[name].detach()[rows["lora"]].abs().max()) == 0.0
+        assert any(float(stack.fields[n].grad[rows["ia3"]].abs().max()) > 0 for n in ia3)
+    finally:
+        pack.clear()
+        runner.pack(1)
