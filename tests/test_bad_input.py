@@ -380,6 +380,11 @@ def test_bad_generation_spaces(make_space, tiny_llama: Path, tmp_path: Path) -> 
             ["takes no labels"],
         ),
         Case(
+            make_space({**qa, "templates": {"plain": ["{text}", "{text}"]}}, "pair.yaml"),
+            "templates.plain",
+            ["one-string templates", "not text pairs"],
+        ),
+        Case(
             make_space({**qa, "data.target_column": "answer"}, "column.yaml"),
             "data.target_column",
             ["column 'answer' is not in the train data"],

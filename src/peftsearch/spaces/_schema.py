@@ -330,6 +330,14 @@ class Space(_Section):
                 )
             if data.labels:
                 fail("task generate writes text; it takes no labels", "data", "labels")
+            for name, template in self.templates.items():
+                if not isinstance(template, str):
+                    fail(
+                        "task generate takes one-string templates (put both text slots in "
+                        "one string), not text pairs",
+                        "templates",
+                        name,
+                    )
             return
         if len(data.labels) < 2:
             fail("needs at least 2 items (the label names)", "data", "labels")
