@@ -207,7 +207,6 @@ def test_training_lowers_the_loss_and_a_rung_decodes(runners, kind) -> None:
     curve = result.attrs["train_loss_curve"]
     assert curve[-1] < curve[0]
     assert 0.0 <= result.metric <= 1.0
-    assert result.attrs["eval_loss"] < seen[0][2] + 1.0  # a loss, at the same scale
     assert len(result.attrs["examples"]) == 5
     assert all(isinstance(e["output"], str) for e in result.attrs["examples"])
 

@@ -40,28 +40,29 @@ def seq2seq(tokenizer: Any) -> bool:
     return getattr(tokenizer, "peftsearch_lm", "causal") == "seq2seq"
 
 
-def target_ids(tokenizer: Any, texts: list[str], room: int, space_first: bool) -> list[list[int]]:
-    """Each reference as the token ids a trial learns to write, EOS last, at most ``room``
-    tokens (a longer one is cut, EOS kept): for an encoder-decoder the tokenizer's
-    ``text_target``; for a causal LM the text (after a space when ``space_first``) and EOS."""
+def _full_ids(tokenizer: Any, texts: list[str], space_first: bool) -> list[list[int]]:
+    """Each reference's whole ids, EOS last: an encoder-decoder's ``text_target``; a causal
+    LM's text (after a space when ``space_first``) and EOS."""
     if seq2seq(tokenizer):
-        ids = tokenizer(text_target=texts, add_special_tokens=True)["input_ids"]
-        eos = tokenizer.eos_token_id
-        return [i if len(i) <= room else [*i[: room - 1], eos] for i in ids]
-    eos = tokenizer.eos_token_id
+        return list(tokenizer(text_target=texts, add_special_tokens=True)["input_ids"])
     lead = " " if space_first else ""
     ids = tokenizer([lead + t for t in texts], add_special_tokens=False)["input_ids"]
-    return [[*i[: room - 1], eos] for i in ids]
+    return [[*i, tokenizer.eos_token_id] for i in ids]
+
+
+def target_ids(tokenizer: Any, texts: list[str], room: int, space_first: bool) -> list[list[int]]:
+    """Each reference as the token ids a trial learns to write (:func:`_full_ids`), at most
+    ``room`` tokens: a longer one is cut, its EOS kept."""
+    eos = tokenizer.eos_token_id
+    return [
+        i if len(i) <= room else [*i[: room - 1], eos]
+        for i in _full_ids(tokenizer, texts, space_first)
+    ]
 
 
 def too_long(tokenizer: Any, texts: list[str], room: int, space_first: bool) -> int:
     """How many references :func:`target_ids` cuts (``search validate`` reports it)."""
-    if seq2seq(tokenizer):
-        ids = tokenizer(text_target=texts, add_special_tokens=True)["input_ids"]
-        return sum(len(i) > room for i in ids)
-    lead = " " if space_first else ""
-    ids = tokenizer([lead + t for t in texts], add_special_tokens=False)["input_ids"]
-    return sum(len(i) + 1 > room for i in ids)
+    return sum(len(i) > room for i in _full_ids(tokenizer, texts, space_first))
 
 
 def space_first(template: Any) -> bool:
@@ -202,18 +203,12 @@ class Generate(Task):
         return {}, {n for n, m in base.named_children() if m is out}
 
     def attach(self, engine: Any) -> None:
-        from peftsearch.objectives.tasks.verbalize import narrow_to
-
-        rows = engine.rows
-
-        def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            """The decoder's output at the positions that predict a reference token only."""
-            if rows.pick is None:
-                return None
-            return narrow_to(out, *rows.pick)
+        """The decoder's output at the positions that predict a reference token only."""
+        from peftsearch.objectives.tasks.verbalize import pick_hook
 
         decoder = engine.base.get_decoder() if engine.lm_kind == "seq2seq" else None
-        engine.hook(decoder or engine.base.base_model, "generate:pick", lambda: hook)
+        where = decoder or engine.base.base_model
+        engine.hook(where, "generate:pick", lambda: pick_hook(engine.rows))
 
     def scores(self, engine: Any, kwargs: dict[str, Any], positions: Any) -> Any:
         """Each row's mean negative log-likelihood of its reference tokens (teacher forced):

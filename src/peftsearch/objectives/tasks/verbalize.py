@@ -38,6 +38,18 @@ def narrow_to(out: Any, rows: Any, cols: Any) -> Any:
     return out
 
 
+def pick_hook(rows: Any) -> Any:
+    """A forward hook that hands on a backbone's (or decoder's) output at the positions
+    ``rows.pick`` names only (:func:`narrow_to`); inactive while ``rows.pick`` is None."""
+
+    def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+        if rows.pick is None:
+            return None
+        return narrow_to(out, *rows.pick)
+
+    return hook
+
+
 class Verbalize(Labelled):
     name = "verbalize"
     head = "verbalizer"
@@ -80,15 +92,7 @@ class Verbalize(Labelled):
         return {}, lm_head_names(base)
 
     def attach(self, engine: Any) -> None:
-        rows = engine.rows
-
-        def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            """The backbone's output at each row's prediction point only."""
-            if rows.pick is None:
-                return None
-            return narrow_to(out, *rows.pick)
-
-        engine.hook(engine.base.base_model, "verbalize:pick", lambda: hook)
+        engine.hook(engine.base.base_model, "verbalize:pick", lambda: pick_hook(engine.rows))
 
     def check_slot(self, slot: Any, label_tokens: Any) -> None:
         if not label_tokens:
